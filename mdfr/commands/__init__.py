@@ -1,0 +1,1 @@
+"""One module per ``mdfr`` subcommand; each exposes ``add_parser(subparsers)``."""

@@ -1,0 +1,3 @@
+"""Session fixtures for datasets (owned by the data work)."""
+
+from __future__ import annotations

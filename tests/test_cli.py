@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from mdfr.cli import SUBCOMMANDS, main
+
+
+def test_help_lists_every_subcommand(capsys):
+    try:
+        main(["--help"])
+    except SystemExit as e:
+        assert e.code == 0
+    out = capsys.readouterr().out
+    for name in ("data", "codec", "train", "sweep", "report", "bench", "ui"):
+        assert name in SUBCOMMANDS and name in out
+
+
+def test_misspelt_nested_key_exits_2_without_traceback(tmp_path):
+    f = tmp_path / "trial.yaml"
+    f.write_text("mode: mdfr\nmodel:\n  amplitude_msk: false\n")
+    # a real process, as a user would run it: exit code and stderr are what they see
+    proc = subprocess.run(
+        [sys.executable, "-m", "mdfr.cli", "train", str(f), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "model.amplitude_msk" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_check_prints_resolved_config(tmp_path, capsys):
+    f = tmp_path / "trial.yaml"
+    f.write_text("setup: wo_at\n")
+    assert main(["train", str(f), "--check", "--set", "model.width=8"]) == 0
+    out = capsys.readouterr().out
+    assert "pooling: max" in out and "width: 8" in out and "config hash" in out
+
+
+def test_no_subcommand_is_usage_error(capsys):
+    assert main([]) == 2
