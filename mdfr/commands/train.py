@@ -1,22 +1,32 @@
-"""``mdfr train CONFIG.yaml [--set k=v ...]``: one trial without Ray."""
+"""``mdfr train CONFIG.yaml [--set k=v ...] [--resume CKPT]``: one trial without Ray.
+
+The very same ``engine.train_trial`` a sweep runs, with a progress bar, logging to MLflow when a
+tracking URI is given (``--tracking-uri`` or ``MLFLOW_TRACKING_URI``).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import sys
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="run one trial (pretrain, finetune or mdfr) without Ray")
-    p.add_argument("config", help="trial config YAML (a TrialConfig)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a dotted config key, e.g. --set model.width=8 (repeatable)",
+    p = sub.add_parser(
+        "train",
+        help="run one trial (pretrain, finetune or mdfr) without Ray",
+        description="Run one trial by hand: the same function a sweep runs, without Ray.",
     )
+    p.add_argument("config", help="trial config YAML (a TrialConfig; see mdfr/config.py)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a dotted config key, e.g. --set model.width=8 (repeatable)")
+    p.add_argument("--resume", metavar="CKPT", help="checkpoint folder (or state.pt) to resume from")
+    p.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"),
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI; none = no tracking)")
+    p.add_argument("--experiment", default="mdfr-train", help="MLflow experiment name")
     p.add_argument("--check", action="store_true", help="validate the config, print it and exit")
+    p.add_argument("--json", dest="json_out", metavar="PATH", help="also write the result as JSON")
     p.set_defaults(func=run)
 
 
@@ -30,6 +40,46 @@ def run(args: argparse.Namespace) -> int:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         print(f"# config hash {cfg.hash()}")
         return 0
-    from mdfr.errors import MdfrError
 
-    raise MdfrError("training is not implemented yet (see the engine issue); use --check")
+    from mdfr.engine import default_output_dir, train_trial
+
+    if not cfg.output_dir:
+        cfg = cfg.replace(output_dir=str(default_output_dir(cfg).resolve()))
+    tracker = store = run_id = None
+    if args.tracking_uri:
+        from mdfr import tracking
+
+        tracking.check_reachable(args.tracking_uri)
+        store = tracking.Store(args.tracking_uri)
+        exp_id = store.ensure_experiment(args.experiment)
+        # Same config into the same folder is the same run (a --resume continues it).
+        run_id, _ = store.ensure_run(
+            exp_id,
+            {"mdfr.kind": "train", "mdfr.config_hash": cfg.hash(), "mdfr.output_dir": cfg.output_dir},
+            {"mdfr.git_commit": tracking.git_commit()},
+            name=f"{cfg.mode}-{cfg.hash()[:8]}",
+        )
+        tracker = store.tracker(run_id)
+
+    print(f"mdfr train: {cfg.mode} ({cfg.model.backbone}, seed {cfg.seed}) -> {cfg.output_dir}",
+          file=sys.stderr)
+    try:
+        result = train_trial(cfg, tracker=tracker, checkpoint=args.resume,
+                             progress=sys.stderr.isatty())
+    except BaseException:
+        if store is not None:
+            store.finish(run_id, "FAILED", "failed")
+        raise
+    if store is not None:
+        store.finish(run_id, "FINISHED", result["status"])
+
+    summary = {k: v for k, v in result.items() if k.startswith("acc_") or k in ("status", "epochs")}
+    for key, value in summary.items():
+        print(f"{key:>16}: {value:.4f}" if isinstance(value, float) else f"{key:>16}: {value}")
+    print(f"{'output':>16}: {result['output_dir']}")
+    if "cmi_checkpoint" in result:
+        print(f"{'cmi checkpoint':>16}: {result['cmi_checkpoint']}")
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump(result, f, indent=2, default=str)
+    return 0 if result["status"] == "ok" else 1
