@@ -1,0 +1,1 @@
+"""Camera datasets, codecs, patch shards and loaders."""
