@@ -66,7 +66,7 @@ def plot_confusion(cm: np.ndarray, classes: list[str], path: Path, title: str) -
     ax.set_xlabel("predicted camera model")
     ax.set_ylabel("true camera model")
     acc = np.trace(cm) / max(cm.sum(), 1)
-    ax.set_title(f"{title} (accuracy {100 * acc:.1f}%)")
+    ax.set_title(f"{title}\naccuracy {100 * acc:.1f}%", fontsize=10)
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
