@@ -1,0 +1,417 @@
+"""MLflow tracking: the only module that imports mlflow.
+
+Conventions (DESIGN §6): one parent run per sweep (tag ``mdfr.kind=sweep``), one child run per
+trial (``mlflow.parentRunId`` + ``mdfr.kind=trial``), shared pretraining stages as children
+with ``mdfr.kind=pretrain``. A trial's child run is found again by its deterministic
+``mdfr.trial_key`` tag (scoped by the parent run id), so retries and ``mdfr sweep resume``
+reuse it instead of opening a second run — the reason we do not use Ray's
+``MLflowLoggerCallback``, which opens new runs on restore.
+
+Everything goes through :class:`mlflow.MlflowClient` with explicit run ids (no fluent
+"active run"), so trials running as threads or processes never share global state. SQLite
+stores are written by several trials at once; calls that hit "database is locked" are retried.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import random
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from mdfr.errors import MdfrError
+
+T = TypeVar("T")
+
+KIND_SWEEP = "sweep"
+KIND_TRIAL = "trial"
+KIND_PRETRAIN = "pretrain"
+_LOCK_RETRY_S = 60.0
+
+
+# --------------------------------------------------------------------------- URIs
+
+
+def resolve_uri(uri: str, base: str | Path | None = None) -> str:
+    """Absolute form of a tracking URI, safe to hand to Ray (which changes directories).
+
+    ``sqlite:///rel/x.db`` -> ``sqlite:////abs/rel/x.db``; a bare path -> ``file:///abs``;
+    server URIs are returned unchanged.
+    """
+    root = Path(base or os.getcwd())
+    if uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///") :]).expanduser()
+        return f"sqlite:///{path if path.is_absolute() else (root / path).resolve()}"
+    if uri.startswith("file://"):
+        path = Path(uri[len("file://") :]).expanduser()
+        return f"file://{path if path.is_absolute() else (root / path).resolve()}"
+    if "://" not in uri:
+        path = Path(uri).expanduser()
+        return f"file://{path if path.is_absolute() else (root / path).resolve()}"
+    return uri
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast (before any trial starts) when the tracking store cannot be used.
+
+    Raises:
+        MdfrError: naming the URI and what to do.
+    """
+    if uri.startswith(("http://", "https://")):
+        url = uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - user URI
+                if resp.status >= 400:
+                    raise MdfrError(f"MLflow tracking server {uri} answered HTTP {resp.status}")
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            reason = getattr(e, "reason", e)
+            raise MdfrError(
+                f"MLflow tracking server {uri} is unreachable ({reason}); start it "
+                "(`mlflow server --host 127.0.0.1 --port 5000`) or use "
+                "--tracking-uri sqlite:///results/mlflow.db"
+            ) from None
+        return
+    path = _sqlite_path(uri)
+    if path is None and uri.startswith("file://"):
+        path = Path(uri[len("file://") :]) / "x"
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise MdfrError(f"tracking store {uri}: cannot create {path.parent} ({e})") from None
+        if not os.access(path.parent, os.W_OK):
+            raise MdfrError(f"tracking store {uri}: {path.parent} is not writable")
+        return
+    # Other database URIs (postgresql://...): one cheap call, bounded by MLflow's own timeout.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    try:
+        Store(uri).client.search_experiments(max_results=1)
+    except Exception as e:  # noqa: BLE001 - any failure means "unusable"
+        raise MdfrError(f"tracking store {uri} is unusable: {e}") from None
+
+
+# --------------------------------------------------------------------------- store
+
+
+def _is_locked(e: BaseException) -> bool:
+    text = str(e).lower()
+    return "database is locked" in text or "database table is locked" in text
+
+
+def _retry(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Call ``fn``, retrying while SQLite reports a lock held by another trial."""
+    deadline = time.monotonic() + _LOCK_RETRY_S
+    delay = 0.05
+    while True:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:
+            if not _is_locked(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay * (1 + random.random()))
+            delay = min(delay * 2, 2.0)
+
+
+def git_commit(cwd: str | Path | None = None) -> str:
+    """The project's current commit (``unknown`` outside a git checkout)."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=cwd or Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+def _q(value: str) -> str:
+    """A value for an MLflow filter string; our keys never need quoting, refuse ones that do."""
+    if "'" in value or "\\" in value:
+        raise ValueError(f"tracking key {value!r} must not contain quotes or backslashes")
+    return f"'{value}'"
+
+
+class Store:
+    """An MLflow tracking store addressed by URI, with lock-tolerant helpers.
+
+    Args:
+        uri: a tracking URI; relative SQLite paths are resolved against the current directory.
+    """
+
+    def __init__(self, uri: str):
+        from mlflow import MlflowClient
+
+        self.uri = resolve_uri(uri)
+        self.client = MlflowClient(tracking_uri=self.uri)
+
+    # ----- experiments and runs
+
+    def ensure_experiment(self, name: str) -> str:
+        """The id of experiment ``name``, created on first use.
+
+        With a SQLite store the artifacts go next to the database (``mlartifacts/``) by
+        absolute path, not to MLflow's default ``./mlruns`` relative to whatever directory a
+        trial happens to run in.
+        """
+        exp = _retry(self.client.get_experiment_by_name, name)
+        if exp is not None:
+            return exp.experiment_id
+        location = None
+        db = _sqlite_path(self.uri)
+        if db is not None:
+            location = (db.parent / "mlartifacts").as_uri()
+        try:
+            return _retry(self.client.create_experiment, name, artifact_location=location)
+        except Exception:
+            exp = _retry(self.client.get_experiment_by_name, name)  # created concurrently
+            if exp is None:
+                raise
+            return exp.experiment_id
+
+    def find_run(self, experiment_id: str, tags: dict[str, str]) -> Any | None:
+        """The first active run carrying all ``tags`` (oldest first), or None."""
+        filt = " and ".join(f"tags.`{k}` = {_q(v)}" for k, v in tags.items())
+        runs = _retry(
+            self.client.search_runs,
+            [experiment_id],
+            filter_string=filt,
+            max_results=10,
+            order_by=["attributes.start_time ASC"],
+        )
+        return runs[0] if runs else None
+
+    def ensure_run(
+        self,
+        experiment_id: str,
+        key_tags: dict[str, str],
+        tags: dict[str, str],
+        name: str,
+        reopen: bool = True,
+    ) -> tuple[str, bool]:
+        """Find the run with ``key_tags`` or create it with ``key_tags | tags``.
+
+        Returns:
+            (run id, whether it was created now). With ``reopen`` a run found again is set
+            back to RUNNING.
+        """
+        run = self.find_run(experiment_id, key_tags)
+        if run is not None:
+            if reopen and run.info.status != "RUNNING":
+                _retry(self.client.update_run, run.info.run_id, status="RUNNING")
+            return run.info.run_id, False
+        all_tags = {**tags, **key_tags}
+        run = _retry(self.client.create_run, experiment_id, tags=all_tags, run_name=name)
+        return run.info.run_id, True
+
+    def parent_run(
+        self, experiment: str, sweep: str, sweep_dir: str, tags: dict[str, str] | None = None
+    ) -> tuple[str, str]:
+        """(experiment id, parent run id) of the sweep stored at ``sweep_dir``; idempotent.
+
+        The run is named after the sweep folder (``<name>-<timestamp>``), so reruns of one
+        sweep file stay apart in the MLflow UI.
+        """
+        exp_id = self.ensure_experiment(experiment)
+        sweep_id = hashlib.sha1(str(sweep_dir).encode()).hexdigest()[:16]
+        run_id, _ = self.ensure_run(
+            exp_id,
+            {"mdfr.kind": KIND_SWEEP, "mdfr.sweep_id": sweep_id},
+            {"mdfr.sweep": sweep, "mdfr.sweep_dir": str(sweep_dir), **(tags or {})},
+            name=Path(sweep_dir).name,
+        )
+        return exp_id, run_id
+
+    def child_run(
+        self,
+        experiment_id: str,
+        parent_run_id: str,
+        trial_key: str,
+        tags: dict[str, str] | None = None,
+        kind: str = KIND_TRIAL,
+        reopen: bool = False,
+    ) -> tuple[str, bool]:
+        """The one child run of ``trial_key`` under ``parent_run_id``; created on first call.
+
+        Only one attempt of a trial runs at a time (Tune retries after a failure, resume after
+        the driver is gone), so find-then-create cannot race with itself.
+
+        Returns:
+            (run id, whether it was created now).
+        """
+        return self.ensure_run(
+            experiment_id,
+            {"mlflow.parentRunId": parent_run_id, "mdfr.trial_key": trial_key},
+            {"mdfr.kind": kind, **(tags or {})},
+            name=trial_key,
+            reopen=reopen,
+        )
+
+    def set_status(self, run_id: str, status: str) -> None:
+        """Set a run's MLflow status (``RUNNING`` reopens a sweep's parent on resume)."""
+        _retry(self.client.update_run, run_id, status=status)
+
+    def finish(self, run_id: str, status: str = "FINISHED", mdfr_status: str | None = None) -> None:
+        """Close a run (MLflow status) and record the trial outcome in ``mdfr.status``."""
+        if mdfr_status:
+            _retry(self.client.set_tag, run_id, "mdfr.status", mdfr_status)
+        _retry(self.client.set_terminated, run_id, status)
+
+    def tracker(self, run_id: str) -> Tracker:
+        return Tracker(self, run_id)
+
+
+# --------------------------------------------------------------------------- the engine's tracker
+
+
+def _param_value(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+class Tracker:
+    """The engine's tracker protocol bound to one run (``mdfr.engine.Tracker``).
+
+    Args:
+        store: where the run lives.
+        run_id: the run every call writes to.
+    """
+
+    def __init__(self, store: Store, run_id: str):
+        self.store = store
+        self.run_id = run_id
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(str(k), _param_value(v)) for k, v in params.items()]
+        for i in range(0, len(items), 100):  # MLflow's per-batch parameter limit
+            _retry(self.store.client.log_batch, self.run_id, params=items[i : i + 100])
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [
+            Metric(str(k), float(v), now, int(step))
+            for k, v in metrics.items()
+            if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+        ]
+        for i in range(0, len(items), 1000):
+            _retry(self.store.client.log_batch, self.run_id, metrics=items[i : i + 1000])
+
+    def log_artifact(self, path: str, artifact_path: str | None = None) -> None:
+        _retry(self.store.client.log_artifact, self.run_id, str(path), artifact_path)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        items = [RunTag(str(k), str(v)) for k, v in tags.items()]
+        if items:
+            _retry(self.store.client.log_batch, self.run_id, tags=items)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _run_dict(store: Store, run: Any, histories: bool) -> dict[str, Any]:
+    d: dict[str, Any] = {
+        "run_id": run.info.run_id,
+        "run_name": run.info.run_name,
+        "status": run.info.status,
+        "start_time": run.info.start_time,
+        "end_time": run.info.end_time,
+        "parent_run_id": run.data.tags.get("mlflow.parentRunId"),
+        "params": dict(run.data.params),
+        "metrics": dict(run.data.metrics),
+        "tags": dict(run.data.tags),
+    }
+    if histories:
+        d["histories"] = {
+            key: [
+                (m.step, m.value)
+                for m in _retry(store.client.get_metric_history, run.info.run_id, key)
+            ]
+            for key in run.data.metrics
+        }
+    return d
+
+
+def fetch_sweep_runs(
+    experiment: str,
+    tracking_uri: str,
+    *,
+    sweep: str | None = None,
+    parent_run_id: str | None = None,
+    kind: str | None = KIND_TRIAL,
+    histories: bool = False,
+) -> list[dict[str, Any]]:
+    """Runs of an experiment as plain dicts, for reports.
+
+    Args:
+        experiment: MLflow experiment name.
+        tracking_uri: the store.
+        sweep: only runs tagged ``mdfr.sweep`` = this name.
+        parent_run_id: only the children of this sweep run.
+        kind: ``trial`` (default), ``pretrain``, ``sweep`` or None for all.
+        histories: also fetch each metric's per-step history (one call per metric).
+
+    Returns:
+        dicts with run_id, run_name, status, start/end time, parent_run_id, params, metrics,
+        tags and, when asked, histories ``{metric: [(step, value), ...]}``; oldest first.
+        An unknown experiment gives an empty list.
+    """
+    store = Store(tracking_uri)
+    exp = _retry(store.client.get_experiment_by_name, experiment)
+    if exp is None:
+        return []
+    clauses = []
+    if kind:
+        clauses.append(f"tags.`mdfr.kind` = {_q(kind)}")
+    if sweep:
+        clauses.append(f"tags.`mdfr.sweep` = {_q(sweep)}")
+    if parent_run_id:
+        clauses.append(f"tags.`mlflow.parentRunId` = {_q(parent_run_id)}")
+    out: list[dict[str, Any]] = []
+    token = None
+    while True:
+        page = _retry(
+            store.client.search_runs,
+            [exp.experiment_id],
+            filter_string=" and ".join(clauses),
+            max_results=1000,
+            order_by=["attributes.start_time ASC"],
+            page_token=token,
+        )
+        out.extend(_run_dict(store, r, histories) for r in page)
+        token = page.token
+        if not token:
+            return out
+
+
+def download_artifacts(
+    run_id: str, tracking_uri: str, path: str = "", dst: str | Path | None = None
+) -> str:
+    """Download a run's artifact file or folder (all artifacts when ``path`` is empty).
+
+    Returns:
+        The local path of what was downloaded.
+    """
+    store = Store(tracking_uri)
+    if dst is not None:
+        Path(dst).mkdir(parents=True, exist_ok=True)
+    return _retry(
+        store.client.download_artifacts, run_id, path, str(dst) if dst is not None else None
+    )

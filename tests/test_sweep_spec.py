@@ -1,0 +1,175 @@
+"""Sweep files -> SweepPlan: every shipped file validates, every broken one exits 2 with the
+file, the dotted path, the value and what is allowed — never a traceback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mdfr.cli import main
+from mdfr.config import SETUPS
+from mdfr.errors import ConfigError
+from mdfr.sweep.spec import SweepPlan, build_plan, load_sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+SWEEPS = sorted((ROOT / "sweeps").glob("*.yaml"))
+INVALID = sorted((Path(__file__).parent / "sweeps_invalid").glob("*.yaml"))
+
+
+def _header(path: Path) -> tuple[str, str]:
+    """The ``# path:`` and ``# expect:`` lines every invalid fixture starts with."""
+    lines = path.read_text().splitlines()
+    dotted = lines[0].removeprefix("# path:").strip()
+    expect = lines[1].removeprefix("# expect:").strip()
+    return dotted, expect
+
+
+def test_shipped_sweep_files_exist():
+    names = {p.stem for p in SWEEPS}
+    assert {"smoke", "demo", "table2", "table1", "lambdas"} <= names
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.name)
+def test_shipped_sweep_file_validates(path, capsys):
+    assert main(["sweep", "validate", str(path)]) == 0
+    assert f"{path}: ok" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("path", INVALID, ids=lambda p: p.stem)
+def test_invalid_sweep_file_exits_2_naming_file_path_and_problem(path, capsys):
+    dotted, expect = _header(path)
+    assert main(["sweep", "validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    where = f"{path}: {dotted}:" if dotted else f"{path}:"
+    assert where in err, err
+    assert expect in err, err
+
+
+def test_invalid_file_in_a_real_process_has_no_traceback():
+    path = Path(__file__).parent / "sweeps_invalid" / "unknown_setup.yaml"
+    proc = subprocess.run(
+        [sys.executable, "-m", "mdfr.cli", "sweep", "validate", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "grid.setup" in proc.stderr and "'proposd'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_missing_file_exits_2(tmp_path, capsys):
+    missing = tmp_path / "nope.yaml"
+    assert main(["sweep", "validate", str(missing)]) == 2
+    assert f"{missing}: file not found" in capsys.readouterr().err
+
+
+def test_table2_grid_expands_setups_and_counts_trials_per_cell():
+    plan = load_sweep(ROOT / "sweeps" / "table2.yaml")
+    assert plan.num_trials == 6 * 3 == len(plan.cells)
+    by_setup = {c.values["setup"]: c.config for c in plan.cells if c.values["seed"] == 1}
+    assert set(by_setup) == set(SETUPS)
+    assert by_setup["finetune"]["mode"] == "finetune"
+    assert by_setup["backbone"]["model.amplitude_mask"] is False
+    assert by_setup["backbone"]["model.pooling"] == "max"
+    assert by_setup["wo_phase_restore"]["model.phase_restore"] is False
+    assert by_setup["proposed"]["model.amplitude_mask"] is True
+    assert all(c["seed"] == 1 for c in by_setup.values())
+
+
+def _plan(**raw):
+    return build_plan({"name": "t", **raw})
+
+
+def test_num_samples_are_per_cell_and_search_skips_inapplicable_cells():
+    plan = _plan(
+        grid={"setup": ["finetune", "proposed"], "seed": [0, 1, 2]},
+        search={
+            "loss.lambda_spa": {"float": [0.1, 1.0]},
+            "optim.lr": {"float": ["1e-5", "1e-3"], "log": True},
+        },
+        search_alg={"num_samples": 4, "metric": "val/acc_restored"},
+    )
+    assert plan.num_trials == 2 * 3 * 4
+    assert len(set(plan.trial_keys())) == plan.num_trials
+    for cell in plan.cells:
+        expected = ("optim.lr",) if cell.mode == "finetune" else ("loss.lambda_spa", "optim.lr")
+        assert cell.search == expected
+    assert plan.axis("optim.lr").low == 1e-5 and plan.axis("optim.lr").log
+
+
+def test_cell_without_applicable_search_axes_runs_once():
+    plan = _plan(
+        grid={"setup": ["finetune", "proposed"]},
+        search={"loss.lambda_spa": {"float": [0.1, 1.0]}},
+        search_alg={"num_samples": 3, "metric": "val/acc_restored"},
+    )
+    assert plan.num_trials == 1 + 3
+    assert plan.trial_keys() == [
+        "000-finetune-n0", "001-proposed-n0", "001-proposed-n1", "001-proposed-n2"
+    ]  # fmt: skip
+
+
+def test_setup_switches_win_over_base_and_explicit_axes_win_over_base():
+    plan = _plan(
+        base={"model": {"pooling": "avg", "width": 8}},
+        grid={"setup": ["wo_at", "proposed"], "model.width": [4]},
+    )
+    cfg = {c.values["setup"]: c.config for c in plan.cells}
+    assert cfg["wo_at"]["model.pooling"] == "max"  # the ablation is what is measured
+    assert cfg["proposed"]["model.pooling"] == "avg"
+    assert {c["model.width"] for c in cfg.values()} == {4}
+
+
+def test_no_search_means_one_trial_per_cell():
+    plan = _plan(grid={"seed": [0, 1]})
+    assert plan.num_samples == 1 and plan.num_trials == 2
+    with pytest.raises(ConfigError, match="search is empty"):
+        _plan(grid={"seed": [0, 1]}, search_alg={"num_samples": 3})
+
+
+def test_overrides_reach_grid_axes_with_dots(tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_text("name: s\ngrid: {model.backbone: [remnet, resnet50]}\n")
+    plan = load_sweep(
+        f, ["grid.model.backbone=[remnet]", "base.train.epochs=2", "max_concurrent=3"]
+    )
+    assert [c.config["model.backbone"] for c in plan.cells] == ["remnet"]
+    assert plan.cells[0].config["train.epochs"] == 2 and plan.max_concurrent == 3
+
+
+def test_plan_round_trips_through_json():
+    plan = load_sweep(ROOT / "sweeps" / "lambdas.yaml")
+    again = SweepPlan.from_dict(json.loads(json.dumps(plan.to_dict())))
+    assert again == plan
+    cfg = again.cell_config(again.cells[0], {"loss.lambda_freq": 0.3})
+    assert cfg.loss.lambda_freq == 0.3 and cfg.setup == "proposed"
+
+
+def test_pretrain_false_needs_a_checkpoint_for_finetune_and_mdfr_cells():
+    with pytest.raises(ConfigError, match="needs a pretrained CMI net"):
+        _plan(grid={"setup": ["finetune"]}, pretrain=False)
+    plan = _plan(
+        grid={"setup": ["finetune"]}, pretrain=False, base={"model": {"cmi_checkpoint": "c.pt"}}
+    )
+    assert plan.pretrain is None
+
+
+def test_search_axis_out_of_every_cells_mode_is_an_error():
+    with pytest.raises(ConfigError) as e:
+        _plan(
+            grid={"setup": ["finetune"]},
+            search={"loss.lambda_spa": {"float": [0.1, 1.0]}},
+            search_alg={"metric": "val/acc"},
+        )
+    assert e.value.path == "search.loss.lambda_spa"
+
+
+def test_grid_axis_inert_for_finetune_warns():
+    plan = _plan(grid={"setup": ["finetune", "proposed"], "model.width": [4, 8]})
+    assert any("model.width" in w for w in plan.warnings)
