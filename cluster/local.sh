@@ -24,6 +24,12 @@
 #                             $MDFR_RAY_TMP/auth_token
 # Anything else in the environment (MLFLOW_TRACKING_USERNAME/PASSWORD, AWS_* ...) is inherited
 # by every node, hence by every trial and by jobs submitted to the cluster.
+#
+# Loopback only: every node runs `ray start` through cluster/ray_loopback.py, so its GCS,
+# raylet, object manager, agents and workers listen on 127.0.0.1 and nowhere else. Clients
+# that connect with a Ray address (ray.init, `ray status`) need RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
+# in their environment, as printed by `start`; the job API (HTTP) and `mdfr sweep run` need
+# nothing more.
 set -euo pipefail
 
 die() { echo "local.sh: error: $*" >&2; exit 1; }
@@ -50,11 +56,20 @@ else
 fi
 [ -n "$RAY_BIN" ] && [ -x "$RAY_BIN" ] || die "no 'ray' executable (make venv, or set MDFR_RAY_BIN)"
 BIN_DIR=$(cd "$(dirname "$RAY_BIN")" && pwd)
+# The Python that has Ray: nodes start through it (ray_loopback.py), as `ray` itself would.
 PY=$BIN_DIR/python
-[ -x "$PY" ] || PY=$(command -v python3)
+if [ ! -x "$PY" ]; then
+  PY=$(head -n 1 "$RAY_BIN" | sed -n 's/^#! *\([^ ]*\).*/\1/p')
+  [ -n "$PY" ] && [ -x "$PY" ] || PY=$(command -v python3)
+fi
 # Jobs run `mdfr ...` on the head: its environment must find this project's executables.
 export PATH="$BIN_DIR:$PATH"
 export RAY_USAGE_STATS_ENABLED=0
+# Ray keeps 127.0.0.1 as the node address only in its single-node mode; without it a node
+# advertises and binds this machine's routable address. The nodes' processes and this
+# script's own clients (count_alive_nodes) inherit it; ray_loopback.py lets nodes join anyway.
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
+LOOPBACK_SHIM=$HERE/ray_loopback.py
 # `stop` drains each node before stopping it; on an idle loopback cluster a few seconds do.
 export RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=${RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S:-5}
 
@@ -92,6 +107,8 @@ print_connection() {
   else
     token_env="RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$RAY_AUTH_TOKEN_PATH"
   fi
+  # ray.init/`ray status` on the Ray address must keep 127.0.0.1 too (see the header).
+  token_env="$token_env RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0"
   cat <<EOF
 Ray address:    $ADDRESS
 Dashboard:      $DASH_URL   (token auth: open $DASH_URL and paste the token from ${RAY_AUTH_TOKEN_PATH:-\$RAY_AUTH_TOKEN})
@@ -136,7 +153,8 @@ start_node() {  # name, then extra `ray start` arguments
   # makes it a process-group leader with a reaper: stopping the group stops exactly this node,
   # never other Ray instances on the machine (`ray stop` would kill them all). setsid detaches
   # the node from the caller's terminal so Ctrl-C there does not take it down.
-  setsid "$RAY_BIN" start --block --disable-usage-stats \
+  # (Through the loopback shim: Ray's own CLI, with 127.0.0.1 kept as the node address.)
+  setsid "$PY" "$LOOPBACK_SHIM" start --block --disable-usage-stats \
     --node-ip-address 127.0.0.1 \
     --temp-dir "$TMP/$name" \
     --object-store-memory $((OBJECT_STORE_MB * 1024 * 1024)) \

@@ -14,6 +14,7 @@ stores are written by several trials at once; calls that hit "database is locked
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
@@ -22,7 +23,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -65,6 +66,10 @@ def _sqlite_path(uri: str) -> Path | None:
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
     """Fail fast (before any trial starts) when the tracking store cannot be used.
 
+    A server must answer ``/health`` (no authentication there) and then one authenticated read
+    with this process's credentials, so wrong or missing ``MLFLOW_TRACKING_USERNAME`` and
+    ``MLFLOW_TRACKING_PASSWORD`` stop the sweep here instead of failing every trial later.
+
     Raises:
         MdfrError: naming the URI and what to do.
     """
@@ -81,6 +86,7 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
                 "(`mlflow server --host 127.0.0.1 --port 5000`) or use "
                 "--tracking-uri sqlite:///results/mlflow.db"
             ) from None
+        _check_read(uri, timeout)
         return
     path = _sqlite_path(uri)
     if path is None and uri.startswith("file://"):
@@ -94,11 +100,78 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
             raise MdfrError(f"tracking store {uri}: {path.parent} is not writable")
         return
     # Other database URIs (postgresql://...): one cheap call, bounded by MLflow's own timeout.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     try:
-        Store(uri).client.search_experiments(max_results=1)
+        with _one_quick_request(timeout):
+            Store(uri).client.search_experiments(max_results=1)
     except Exception as e:  # noqa: BLE001 - any failure means "unusable"
         raise MdfrError(f"tracking store {uri} is unusable: {e}") from None
+
+
+@contextlib.contextmanager
+def _one_quick_request(timeout: float) -> Iterator[None]:
+    """MLflow HTTP calls in this block fail at once instead of retrying for minutes.
+
+    MLflow reads both variables on every request; they are put back afterwards so the
+    sweep's own calls keep MLflow's retries (a busy server is not a dead one).
+    """
+    saved = {k: os.environ.get(k) for k in _QUICK_ENV}
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(max(1, math.ceil(timeout)))
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+_QUICK_ENV = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")
+_CREDENTIALS = "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+
+
+def _check_read(uri: str, timeout: float) -> None:
+    """One authenticated read from a server that answered ``/health``; 401/403 -> credentials."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        # A healthy server may still be slow to answer a query (its database is busy).
+        with _one_quick_request(max(timeout, 30.0)):
+            Store(uri).client.search_experiments(max_results=1)
+    except MlflowException as e:
+        code = e.get_http_status_code()
+        user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+        where = "in the driver's environment and, on a cluster, every node's (cluster/README.md)"
+        if code == 401 and not user and os.environ.get("MLFLOW_TRACKING_TOKEN"):
+            raise MdfrError(
+                f"MLflow tracking server {uri} refused MLFLOW_TRACKING_TOKEN (HTTP 401): check "
+                f"it, or set {_CREDENTIALS} instead, {where}"
+            ) from None
+        if code == 401 and not user:
+            raise MdfrError(
+                f"MLflow tracking server {uri} wants a login (HTTP 401) and "
+                f"MLFLOW_TRACKING_USERNAME is not set: set {_CREDENTIALS} to a user of that "
+                f"server, {where}"
+            ) from None
+        if code == 401:
+            raise MdfrError(
+                f"MLflow tracking server {uri} refused user {user!r} (HTTP 401): check "
+                f"{_CREDENTIALS}, {where}"
+            ) from None
+        if code == 403:
+            raise MdfrError(
+                f"MLflow tracking server {uri} denied user {user or '(none)'!r} a read "
+                f"(HTTP 403): give that user access, or set {_CREDENTIALS} to one that has "
+                f"it, {where}"
+            ) from None
+        raise MdfrError(
+            f"MLflow tracking server {uri} answered /health but not a read: {e}"
+        ) from None
+    except Exception as e:  # noqa: BLE001 - a network error between the two calls, TLS ...
+        raise MdfrError(
+            f"MLflow tracking server {uri} answered /health but not a read: {e}"
+        ) from None
 
 
 # --------------------------------------------------------------------------- store

@@ -13,9 +13,11 @@ Slow tests share one stack for the module:
   every node started with the MLflow credentials of a non-admin ``sweeps`` user.
 
 On it: the cluster has two nodes and refuses unauthenticated clients; ``sweeps/smoke.yaml``
-submitted through the job API finishes and its parent and child runs are in that server; a
-worker node SIGKILLed mid-sweep costs nothing (every trial finishes, one run each); a sweep
-whose storage some node cannot see is refused before it starts (exit 2).
+submitted through the job API finishes and its parent and child runs are in that server; no
+process of the cluster listens beyond loopback; wrong MLflow credentials stop a sweep before
+Ray is asked for anything (exit 1), and a SQLite tracking store on several nodes is refused
+(exit 2); a worker node SIGKILLed mid-sweep costs nothing (every trial finishes, one run
+each); a sweep whose storage some node cannot see is refused before it starts (exit 2).
 """
 
 from __future__ import annotations
@@ -639,7 +641,14 @@ def stack() -> Iterator[Stack]:
             f"local.sh start 1 failed ({started.returncode}):\n{started.stdout}\n{started.stderr}"
         )
         token_path = tmp / "ray" / "auth_token"
-        client_env = {**node_env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path)}
+        # What local.sh prints under "Environment:": the token, and loopback kept as loopback
+        # (the nodes listen on 127.0.0.1 only; without it Ray would dial the routable address).
+        client_env = {
+            **node_env,
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN_PATH": str(token_path),
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        }
 
         mlflow_url = f"http://127.0.0.1:{mlflow_port}"
         deadline = time.monotonic() + 240
@@ -802,6 +811,97 @@ def test_smoke_sweep_through_the_job_api_lands_in_the_mlflow_server(stack: Stack
     assert all(per_node.values()), f"trial actors per node: {per_node}; want some on each"
 
 
+def _is_loopback(ip: str) -> bool:
+    import ipaddress
+
+    addr = ipaddress.ip_address(ip.split("%")[0])
+    mapped = getattr(addr, "ipv4_mapped", None)
+    return (mapped or addr).is_loopback
+
+
+@pytest.mark.slow
+def test_no_process_of_the_local_cluster_listens_beyond_loopback(stack: Stack) -> None:
+    """GCS, raylets, object managers, agents and workers of every node: 127.0.0.1 only.
+
+    Checked after a sweep ran, so trial workers, the job's driver and runtime-env agents have
+    been started. Every node is one process group (local.sh starts each with setsid).
+    """
+    psutil = pytest.importorskip("psutil")
+    st = stack
+    groups = {int((st.node_dir(n).parent / f"{n}.pid").read_text()) for n in ("head", "worker-1")}
+    bound: list[tuple[str, str, int]] = []
+    for proc in psutil.process_iter(["name"]):
+        try:
+            if os.getpgid(proc.pid) not in groups:
+                continue
+            conns = proc.net_connections(kind="inet")
+        except (psutil.Error, OSError):  # gone meanwhile
+            continue
+        for c in conns:
+            # TCP servers, and UDP sockets that take datagrams from anyone
+            if c.status == psutil.CONN_LISTEN or (c.type == socket.SOCK_DGRAM and not c.raddr):
+                bound.append((proc.info["name"], c.laddr.ip, c.laddr.port))
+    ports = {port for _, _, port in bound}
+    assert st.ray_port in ports, f"the GCS port {st.ray_port} is not among {sorted(bound)}"
+    exposed = [b for b in bound if not _is_loopback(b[1])]
+    assert not exposed, f"listening beyond loopback: {exposed}"
+    print(f"[test_cluster] {len(bound)} listening sockets of the cluster, all on loopback")
+
+
+@pytest.mark.slow
+def test_wrong_mlflow_credentials_stop_the_sweep_before_it_starts(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/health needs no login; the pre-flight read with the driver's credentials does."""
+    from mdfr.errors import MdfrError
+    from mdfr.tracking import check_reachable
+
+    st = stack
+    user, password = st.sweeps_user
+    monkeypatch.delenv("MLFLOW_TRACKING_TOKEN", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", user)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+    check_reachable(st.mlflow_url)  # the sweeps user of the server: accepted
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "not-" + password)
+    with pytest.raises(MdfrError, match=r"refused user 'sweeps' \(HTTP 401\)") as e:
+        check_reachable(st.mlflow_url)
+    assert st.mlflow_url in str(e.value) and password not in str(e.value)
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME")
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD")
+    with pytest.raises(MdfrError, match="wants a login .* MLFLOW_TRACKING_USERNAME is not set"):
+        check_reachable(st.mlflow_url)
+
+    # The CLI: exit 1 with the message, no traceback, no sweep folder, in seconds.
+    storage = st.tmp / "creds-storage"
+    env = {**st.client_env, "MLFLOW_TRACKING_PASSWORD": "wrong"}
+    out = _run(
+        [str(BIN / "mdfr"), "sweep", "run", str(SMOKE), "--address", st.address,
+         "--tracking-uri", st.mlflow_url, "--storage", str(storage), "--quiet"],
+        env=env, cwd=st.tmp, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "refused user 'sweeps' (HTTP 401)" in out.stderr and "Traceback" not in out.stderr
+    assert "MLFLOW_TRACKING_PASSWORD" in out.stderr and "wrong" not in out.stderr
+    assert not storage.exists()
+
+
+@pytest.mark.slow
+def test_sqlite_tracking_on_a_multi_node_cluster_exits_2(stack: Stack) -> None:
+    """Trials on other nodes cannot write the driver's SQLite file: ask for a server."""
+    st = stack
+    storage, db = st.tmp / "sqlite-storage", st.tmp / "sqlite" / "mlflow.db"
+    out = _run(
+        [str(BIN / "mdfr"), "sweep", "run", str(SMOKE), "--address", st.address,
+         "--tracking-uri", f"sqlite:///{db}", "--storage", str(storage), "--quiet"],
+        env=st.client_env, cwd=st.tmp, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "Traceback" not in out.stderr
+    assert f"sqlite:///{db}" in out.stderr and "nodes" in out.stderr, out.stderr
+    assert "`mlflow server`" in out.stderr and "cluster/README.md" in out.stderr, out.stderr
+    assert not storage.exists() and not db.exists(), "a refused sweep writes nothing"
+
+
 @pytest.mark.slow
 def test_worker_node_killed_mid_sweep_every_trial_still_tracked_once(stack: Stack) -> None:
     from mdfr.sweep.spec import load_sweep
@@ -862,7 +962,7 @@ def _start_isolated_node(st: Stack, hidden: Path) -> subprocess.Popen[Any]:
     node_tmp = st.tmp / "ray" / "isolated"
     node_tmp.mkdir(parents=True, exist_ok=True)
     ray_start = [
-        str(BIN / "ray"), "start", "--block", "--disable-usage-stats",
+        sys.executable, str(CLUSTER / "ray_loopback.py"), "start", "--block", "--disable-usage-stats",
         "--address", st.address, "--node-ip-address", "127.0.0.1", "--temp-dir", str(node_tmp),
         "--num-cpus", "0", "--num-gpus", "0", "--object-store-memory", str(100 * 1024 * 1024),
         "--node-manager-port", ports[0], "--object-manager-port", ports[1],
@@ -882,11 +982,6 @@ def _start_isolated_node(st: Stack, hidden: Path) -> subprocess.Popen[Any]:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="waiting for sweep spec rule: storage not visible from every node -> exit 2 "
-    "(see the issue 7 report)",
-)
 def test_multi_node_sweep_with_storage_some_node_cannot_see_exits_2(stack: Stack) -> None:
     st = stack
     if not _unshare_works():

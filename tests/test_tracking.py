@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.server
 import os
 import socket
 import subprocess
@@ -47,6 +48,74 @@ def test_unreachable_server_is_detected_fast_and_named():
     with pytest.raises(MdfrError, match=f"MLflow tracking server {dead} is unreachable"):
         check_reachable(dead, timeout=2)
     assert time.monotonic() - t0 < 5
+
+
+class _Stub(http.server.BaseHTTPRequestHandler):
+    """A tracking server in front of which /health answers but every API call gets ``code``."""
+
+    code = 401
+    seen: list[str | None] = []
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        if self.path == "/health":
+            self._answer(200, "OK")
+        else:
+            type(self).seen.append(self.headers.get("Authorization"))
+            self._answer(self.code, "You are not authenticated." if self.code == 401 else "no")
+
+    do_POST = do_GET  # noqa: N815
+
+    def _answer(self, code: int, body: str) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", "text/plain")
+        self.end_headers()
+        self.wfile.write(body.encode())
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def stub():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Stub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Stub.seen = []
+    try:
+        yield server, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("code", "user", "expect"),
+    [
+        (401, None, "wants a login (HTTP 401) and MLFLOW_TRACKING_USERNAME is not set"),
+        (401, "sweeps", "refused user 'sweeps' (HTTP 401): check MLFLOW_TRACKING_USERNAME and"),
+        (403, "sweeps", "denied user 'sweeps' a read (HTTP 403)"),
+        (500, "sweeps", "answered /health but not a read"),
+    ],
+)
+def test_credentials_are_checked_before_any_trial(stub, monkeypatch, code, user, expect):
+    """/health needs no login: one authenticated read finds wrong credentials, fast, without
+    MLflow's minutes of retries and without changing the retries of later calls."""
+    server, url = stub
+    _Stub.code = code
+    for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
+        monkeypatch.delenv(k, raising=False)
+    if user:
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", user)
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "wrong")
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    t0 = time.monotonic()
+    with pytest.raises(MdfrError) as e:
+        check_reachable(url, timeout=2)
+    assert time.monotonic() - t0 < 10
+    assert expect in str(e.value) and url in str(e.value)
+    assert "wrong" not in str(e.value), "never print the password"
+    assert len(_Stub.seen) == 1, "one request, no retries"
+    assert bool(_Stub.seen[0]) == bool(user), "the credentials were sent"
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ
 
 
 def test_parent_and_one_child_per_trial_key(uri, tmp_path):

@@ -3,8 +3,11 @@
 ``run_sweep(plan)``:
 
 1. resolve every path to an absolute one (Tune changes the trials' working directory) and
-   check the tracking store before anything starts;
-2. connect to Ray (``--address``/``RAY_ADDRESS``) or start a local instance on loopback;
+   check the tracking store (reachable, credentials accepted) before anything starts;
+2. connect to Ray (``--address``/``RAY_ADDRESS``) or start a local instance on loopback, and
+   check the cluster before writing anything: trials fit on it, and on several nodes the
+   tracking store is a server and every node sees the sweep's paths
+   (:mod:`mdfr.sweep.preflight`);
 3. open the sweep's MLflow parent run and write the sweep state file
    ``<storage>/<name>-<timestamp>/mdfr_sweep.json`` (resolved plan, run ids, hashes);
 4. run the stages (:mod:`mdfr.sweep.stages`): dataset once, pretraining once per content key;
@@ -29,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from mdfr.errors import MdfrError, UsageError
-from mdfr.sweep import stages
-from mdfr.sweep.spec import DEFAULT_STORAGE, SweepPlan
+from mdfr.sweep import preflight, stages
+from mdfr.sweep.spec import DEFAULT_STORAGE, SweepPlan, check_storage, check_tracking_uri
 from mdfr.sweep.stages import atomic_write_json
 
 STATE_FILE = "mdfr_sweep.json"
@@ -163,7 +166,7 @@ def find_sweep(name_or_path: str, storage: str | None = None, root: Path | None 
     p = _abs(name_or_path, root)
     if (p / STATE_FILE).is_file():
         return p
-    base = _abs(storage or DEFAULT_STORAGE, root)
+    base = _abs(_storage_arg(storage) or DEFAULT_STORAGE, root)
     found = sorted(
         (d for d in base.glob(f"{name_or_path}-*") if (d / STATE_FILE).is_file()),
         key=lambda d: d.name,
@@ -178,7 +181,7 @@ def find_sweep(name_or_path: str, storage: str | None = None, root: Path | None 
 
 def list_sweeps(storage: str | None = None, root: Path | None = None) -> list[dict[str, Any]]:
     """Sweep folders under ``storage`` with their name, trial count and progress."""
-    base = _abs(storage or DEFAULT_STORAGE, root or Path.cwd())
+    base = _abs(_storage_arg(storage) or DEFAULT_STORAGE, root or Path.cwd())
     out = []
     for d in sorted(base.glob("*/" + STATE_FILE)):
         state = read_state(d.parent)
@@ -194,6 +197,11 @@ def list_sweeps(storage: str | None = None, root: Path | None = None) -> list[di
             }
         )
     return out
+
+
+def _storage_arg(storage: str | None) -> str | None:
+    """``--storage`` under the sweep file's rules (``s3://b`` is refused, not a folder ``s3:``)."""
+    return None if storage is None else check_storage(storage, "--storage")
 
 
 # --------------------------------------------------------------------------- run / resume
@@ -226,39 +234,91 @@ def run_sweep(
     from mdfr import tracking
 
     root = (root or Path.cwd()).resolve()
+    if tracking_uri is not None:
+        tracking_uri = check_tracking_uri(tracking_uri, "--tracking-uri")
+    store_dir = _abs(_storage_arg(storage) or plan.storage, root)
     uri = tracking.resolve_uri(tracking_uri or plan.tracking_uri, root)
     tracking.check_reachable(uri)
     if plan.prepare is None:  # fail before Ray starts, not inside the first trial
         _check_datasets({str(_abs(c.config["data.dataset"], root)) for c in plan.cells})
-    store_dir = _abs(storage or plan.storage, root)
-    exp_dir = store_dir / f"{plan.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    while exp_dir.exists():  # two runs within one second
-        exp_dir = exp_dir.with_name(exp_dir.name + "x")
-    exp_dir.mkdir(parents=True)
-    state: dict[str, Any] = {
-        "phase": "stages",
-        "plan": plan.to_dict(),
-        "root": str(root),
-        "exp_dir": str(exp_dir),
-        "storage": str(store_dir),
-        "tracking_uri": uri,
-        "git_commit": tracking.git_commit(),
-        "fault": _fault_from_env(),
-    }
-    store = tracking.Store(uri)
-    exp_id, parent = store.parent_run(
-        plan.experiment, plan.name, str(exp_dir), {"mdfr.git_commit": state["git_commit"]}
-    )
-    state.update(experiment_id=exp_id, parent_run_id=parent)
-    atomic_write_json(exp_dir / STATE_FILE, state)
-    _log_parent(store, parent, plan)
-    log(f"sweep {plan.name}: {plan.num_trials} trials -> {exp_dir}")
-    log(f"MLflow: experiment {plan.experiment!r}, parent run {parent} at {uri}")
-    log(f"if this driver stops: mdfr sweep resume {exp_dir}")
-    with _parent_on_failure(state), ray_session(address, num_cpus):
+    with ray_session(address, num_cpus):
+        # Everything about the cluster is checked before the sweep folder or its MLflow run
+        # exist: a refused sweep leaves nothing behind.
         _check_resources(plan, local=not (address or os.environ.get("RAY_ADDRESS")), log=log)
-        state = _run_stages(state, train_fn, log)
-        return _fit(state, train_fn, restore=False, retry_errored=False, verbose=verbose, log=log)
+        preflight.check_cluster(_shared_paths(plan, store_dir, root), uri)
+        exp_dir = store_dir / f"{plan.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        while exp_dir.exists():  # two runs within one second
+            exp_dir = exp_dir.with_name(exp_dir.name + "x")
+        exp_dir.mkdir(parents=True)
+        state: dict[str, Any] = {
+            "phase": "stages",
+            "plan": plan.to_dict(),
+            "root": str(root),
+            "exp_dir": str(exp_dir),
+            "storage": str(store_dir),
+            "tracking_uri": uri,
+            "git_commit": tracking.git_commit(),
+            "fault": _fault_from_env(),
+        }
+        store = tracking.Store(uri)
+        exp_id, parent = store.parent_run(
+            plan.experiment, plan.name, str(exp_dir), {"mdfr.git_commit": state["git_commit"]}
+        )
+        state.update(experiment_id=exp_id, parent_run_id=parent)
+        with _parent_on_failure(state):
+            atomic_write_json(exp_dir / STATE_FILE, state)
+            _log_parent(store, parent, plan)
+            log(f"sweep {plan.name}: {plan.num_trials} trials -> {exp_dir}")
+            log(f"MLflow: experiment {plan.experiment!r}, parent run {parent} at {uri}")
+            log(f"if this driver stops: mdfr sweep resume {exp_dir}")
+            state = _run_stages(state, train_fn, log)
+            return _fit(
+                state, train_fn, restore=False, retry_errored=False, verbose=verbose, log=log
+            )
+
+
+def _shared_paths(plan: SweepPlan, store_dir: Path, root: Path) -> list[preflight.SharedPath]:
+    """What trials read or write, in the order a refusal names them: storage first."""
+    shared = [
+        preflight.SharedPath("storage", store_dir, "read and write", "--storage /mnt/mdfr/ray")
+    ]
+    if plan.prepare is not None:
+        # The dataset is prepared into it (or found there by its content hash).
+        shared.append(
+            preflight.SharedPath(
+                "prepare.out",
+                _abs(plan.prepare.out, root),
+                "read the prepared dataset",
+                "--set prepare.out=/mnt/mdfr/data/prepared",
+            )
+        )
+    else:
+        shared += _given_inputs(plan, root, "data.dataset", "/mnt/mdfr/data/prepared/NAME")
+    shared += _given_inputs(plan, root, "model.cmi_checkpoint", "/mnt/mdfr/cmi.pt", store_dir)
+    return shared
+
+
+def _given_inputs(
+    plan: SweepPlan, root: Path, key: str, example: str, skip_under: Path | None = None
+) -> list[preflight.SharedPath]:
+    """The distinct paths the sweep file gives for ``key``, as files that stand for them.
+
+    A dataset is known by its ``manifest.json``. Paths the driver lacks are left to the
+    checks that name them; checkpoints of the pretraining stage (under the storage) are
+    covered by the storage's probe.
+    """
+    where = f"grid.{key}" if key in plan.axes else f"base.{key}"
+    value = f"[{example}]" if key in plan.axes else example
+    found = []
+    for path in sorted({_abs(c.config[key], root) for c in plan.cells if c.config.get(key)}):
+        file = path / "manifest.json" if key == "data.dataset" else path
+        if skip_under is not None and path.is_relative_to(skip_under):
+            continue
+        if file.is_file():
+            found.append(
+                preflight.SharedPath(where, path, "read it", f"--set {where}={value}", file=file)
+            )
+    return found
 
 
 @contextlib.contextmanager
@@ -297,19 +357,34 @@ def resume_sweep(
     exp_dir = find_sweep(name_or_path, storage)
     state = read_state(exp_dir)
     tracking.check_reachable(state["tracking_uri"])
-    tracking.Store(state["tracking_uri"]).set_status(state["parent_run_id"], "RUNNING")
-    log(f"resuming sweep {state['plan']['name']} in {exp_dir}")
-    with _parent_on_failure(state), ray_session(address, num_cpus):
-        from ray import tune
-
+    plan = SweepPlan.from_dict(state["plan"])
+    with ray_session(address, num_cpus):
         local = not (address or os.environ.get("RAY_ADDRESS"))
-        _check_resources(SweepPlan.from_dict(state["plan"]), local, log)
-        if state["phase"] == "tune" and tune.Tuner.can_restore(str(exp_dir)):
-            return _fit(
-                state, train_fn, restore=True, retry_errored=retry_errored, verbose=verbose, log=log
-            )
-        state = _run_stages(state, train_fn, log)
-        return _fit(state, train_fn, restore=False, retry_errored=False, verbose=verbose, log=log)
+        _check_resources(plan, local, log)
+        shared = _shared_paths(plan, Path(state["storage"]), Path(state["root"]))
+        preflight.check_cluster(shared, state["tracking_uri"])
+        tracking.Store(state["tracking_uri"]).set_status(state["parent_run_id"], "RUNNING")
+        log(f"resuming sweep {plan.name} in {exp_dir}")
+        with _parent_on_failure(state):
+            return _resume(state, exp_dir, train_fn, retry_errored, verbose, log)
+
+
+def _resume(
+    state: dict[str, Any],
+    exp_dir: Path,
+    train_fn: TrainFn | None,
+    retry_errored: bool,
+    verbose: int,
+    log: Callable[[str], None],
+) -> SweepOutcome:
+    from ray import tune
+
+    if state["phase"] == "tune" and tune.Tuner.can_restore(str(exp_dir)):
+        return _fit(
+            state, train_fn, restore=True, retry_errored=retry_errored, verbose=verbose, log=log
+        )
+    state = _run_stages(state, train_fn, log)
+    return _fit(state, train_fn, restore=False, retry_errored=False, verbose=verbose, log=log)
 
 
 # --------------------------------------------------------------------------- internals

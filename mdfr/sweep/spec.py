@@ -380,8 +380,8 @@ def build_plan(raw: dict[str, Any], source: str = "") -> SweepPlan:
         num_to_keep=_int_in(
             _section(raw, "checkpoint", ("num_to_keep",)), "checkpoint.num_to_keep", 2, 1
         ),
-        storage=_storage(raw.get("storage", DEFAULT_STORAGE)),
-        tracking_uri=_tracking_uri(raw.get("tracking_uri", DEFAULT_TRACKING_URI)),
+        storage=check_storage(raw.get("storage", DEFAULT_STORAGE)),
+        tracking_uri=check_tracking_uri(raw.get("tracking_uri", DEFAULT_TRACKING_URI)),
         prepare=prepare,
         pretrain=pretrain,
         warnings=tuple(warnings),
@@ -798,32 +798,53 @@ def _resources(value: Any) -> Resources:
     return Resources(int(cpu), float(gpu))
 
 
-def _storage(value: Any) -> str:
+def check_storage(value: Any, where: str = "storage") -> str:
+    """A validated ``storage`` value (``file://`` dropped), from the file or ``--storage``.
+
+    Args:
+        value: what the user gave.
+        where: how the user gave it, named in the error (``storage``, ``--storage``).
+
+    Raises:
+        ConfigError: not a non-empty path, or an object-store URI.
+    """
     if not isinstance(value, str) or not value:
-        raise ConfigError("storage", f"expected a directory path, got {value!r}")
+        raise ConfigError(where, f"expected a directory path, got {value!r}")
     if "://" in value and not value.startswith("file://"):
         raise ConfigError(
-            "storage",
+            where,
             f"got {value!r}: object-store storage is not supported yet (the Optuna study, "
             "pretraining cache and trial state need a filesystem); use a path every node "
             "sees, e.g. an NFS mount",
         )
-    return value.removeprefix("file://")
+    path = value.removeprefix("file://")
+    if not path:
+        raise ConfigError(where, f"expected a directory path, got {value!r}")
+    return path
 
 
-def _tracking_uri(value: Any) -> str:
+def check_tracking_uri(value: Any, where: str = "tracking_uri") -> str:
+    """A validated MLflow tracking URI, from the file or ``--tracking-uri``.
+
+    Args:
+        value: what the user gave.
+        where: how the user gave it, named in the error (``tracking_uri``, ``--tracking-uri``).
+
+    Raises:
+        ConfigError: empty, an unsupported scheme or a malformed ``sqlite:`` URI.
+    """
     if not isinstance(value, str) or not value:
-        raise ConfigError("tracking_uri", f"expected an MLflow tracking URI, got {value!r}")
+        raise ConfigError(where, f"expected an MLflow tracking URI, got {value!r}")
     scheme = value.split("://", 1)[0] if "://" in value else ""
     allowed = ("sqlite", "http", "https", "file", "postgresql", "mysql", "databricks")
     if scheme and scheme.split("+", 1)[0] not in allowed:
         raise ConfigError(
-            "tracking_uri",
+            where,
             f"unsupported scheme {scheme!r} in {value!r}; allowed: {', '.join(allowed)} "
             "or a directory path",
         )
     if scheme == "sqlite" and not value.startswith("sqlite:///"):
-        raise ConfigError("tracking_uri", f"expected sqlite:///<path to .db>, got {value!r}")
+        raise ConfigError(where, f"expected sqlite:///<path to .db>, got {value!r}")
     return value
 
 
