@@ -43,6 +43,9 @@ from mdfr import evaluate
 from mdfr.config import TrialConfig
 from mdfr.errors import UsageError
 
+# Steps between host reads of the loss on CUDA (a read waits for the GPU to drain).
+SYNC_EVERY = 32
+
 ReportFn = Callable[[dict[str, Any], "str | None"], None]
 
 
@@ -73,10 +76,15 @@ class _Trial:
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"train.device: {name!r} requested but CUDA is not available")
+        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        dev = torch.device(name)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise UsageError(f"train.device: {name!r} requested but CUDA is not available")
+    if dev.type == "cuda":
+        # Fixed 64x64 shapes: let cuDNN pick its fastest kernels once (determinism is a CPU
+        # promise; on CUDA the chosen algorithms may differ between runs).
+        torch.backends.cudnn.benchmark = True
     return dev
 
 
@@ -330,13 +338,15 @@ def train_trial(
         tracker.log_artifact(str(cfg_path))
 
     status = "ok"
+    sync_every = 1 if t.device.type == "cpu" else SYNC_EVERY
     state_dir = t.out / "checkpoint"
     history: dict[str, float] = {}
     _train_mode(t)
     for epoch in range(first_epoch, cfg.train.epochs):
         t0 = time.perf_counter()
-        sums: dict[str, float] = {}
+        sums: dict[str, torch.Tensor] = {}
         steps = seen = 0
+        finite = torch.ones((), dtype=torch.bool, device=t.device)
         batches = _batches(t, "train", shuffle=True, epoch=epoch)
         if progress:
             from tqdm import tqdm
@@ -345,21 +355,26 @@ def train_trial(
         for ori, comp, label in batches:
             parts = _loss(t, model, ori, comp, label)
             loss = parts["loss"]
-            if not torch.isfinite(loss):
+            # Reading a CUDA value stalls the pipeline, so the finiteness flag and the loss
+            # sums stay on the device and are read every SYNC_EVERY steps (every step on CPU).
+            finite &= torch.isfinite(loss.detach())
+            if (steps + 1) % sync_every == 0 and not bool(finite):
                 status = "diverged"
                 break
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
+                sums[k] = sums.get(k, 0.0) + v.detach().float()
             steps += 1
             seen += len(label)
             if cfg.train.max_steps_per_epoch and steps >= cfg.train.max_steps_per_epoch:
                 break
+        if status == "ok" and not bool(finite):
+            status = "diverged"
         sched.step()
         elapsed = time.perf_counter() - t0
-        metrics: dict[str, Any] = {f"train/{k}": v / max(steps, 1) for k, v in sums.items()}
+        metrics: dict[str, Any] = {f"train/{k}": float(v) / max(steps, 1) for k, v in sums.items()}
         metrics.update(
             {
                 "epoch": epoch + 1,

@@ -28,6 +28,7 @@ from mdfr.config import from_dict, setup_overrides
 
 EXPERIMENT = "mdfr-ui-test"
 SWEEP = "uisweep"
+SWEEP_RUN = "uisweep-1"  # the parent run is named after the sweep's folder
 TRIALS = {"000-finetune-n0": ("finetune", 0.6), "001-wo_res-n0": ("wo_res", 0.4137),
           "002-proposed-n0": ("proposed", 0.8521)}  # fmt: skip
 
@@ -44,7 +45,7 @@ def _make_store(root: Path) -> dict:
 
     uri = f"sqlite:///{root / 'mlflow.db'}"
     store = Store(uri)
-    exp_id, parent = store.parent_run(EXPERIMENT, SWEEP, str(root / "ray" / "uisweep-1"))
+    exp_id, parent = store.parent_run(EXPERIMENT, SWEEP, str(root / "ray" / SWEEP_RUN))
     ids = {}
     for key, (setup, lam) in TRIALS.items():
         cfg = from_dict({}).replace(**setup_overrides(setup), **{"loss.lambda_spa": lam})
@@ -115,12 +116,13 @@ def _text_lines(dom: str) -> list[str]:
     return [ln.strip() for ln in text.splitlines() if ln.strip()]
 
 
-def _until(fetch, ok, tries: int = 3) -> list[str]:
+def _until(fetch, ok, tries: int = 6) -> list[str]:
     lines: list[str] = []
-    for _ in range(tries):  # the app can be slow to render on a busy machine
+    for i in range(tries):  # the app can be slow to render on a busy machine
         lines = _text_lines(fetch())
         if ok(lines):
             break
+        time.sleep(2 * (i + 1))  # give a loaded server time to answer the app's fetches
     return lines
 
 
@@ -190,8 +192,8 @@ def test_mlflow_ui_shows_the_sweeps_runs_and_params(tmp_path):
         # the experiment's runs page lists the sweep (its parent run)
         runs_url = f"{url}/#/experiments/{info['exp_id']}/runs"
         page = _until(lambda: _browse(chromium, runs_url, tmp_path / "p1", "--dump-dom"),
-                      lambda ls: SWEEP in ls)  # fmt: skip
-        assert EXPERIMENT in page and SWEEP in page, page[:80]
+                      lambda ls: SWEEP_RUN in ls)  # fmt: skip
+        assert EXPERIMENT in page and SWEEP_RUN in page, page
 
         # the compare view lists every trial run with its params, value under its run
         ids = list(info["ids"].values())

@@ -542,6 +542,11 @@ def _fit(
                 scheduler=_scheduler(plan),
                 num_samples=plan.num_trials,
                 max_concurrent_trials=plan.max_concurrent,
+                # Every trial of a sweep asks for the same resources, so a finished trial's
+                # process can take the next one: without this each trial pays a fresh
+                # interpreter plus torch/MLflow imports (8-14 s a round on 2 CPUs; see
+                # results/bench/sweep-ab-reuse-actors-cpu-2026-11-26.json).
+                reuse_actors=True,
                 trial_name_creator=_trial_name,
                 trial_dirname_creator=_trial_name,
             ),
