@@ -46,7 +46,12 @@ def test_pretrain_exports_cmi_and_reports_each_epoch(tiny_dataset, tmp_path):
 
 
 def test_mdfr_trial_leaves_frozen_cmi_bit_identical(tiny_dataset, pretrained, tmp_path):
-    cfg = tiny(tiny_dataset, tmp_path, mode="mdfr", **{"model.cmi_checkpoint": pretrained["cmi_checkpoint"]})
+    cfg = tiny(
+        tiny_dataset,
+        tmp_path,
+        mode="mdfr",
+        **{"model.cmi_checkpoint": pretrained["cmi_checkpoint"]},
+    )
     res = train_trial(cfg)
     assert res["status"] == "ok"
     for key in ("acc_original", "acc_compressed", "acc_restored"):
@@ -66,7 +71,12 @@ def test_mdfr_trial_leaves_frozen_cmi_bit_identical(tiny_dataset, pretrained, tm
 
 
 def test_finetune_starts_from_pretrain_weights(tiny_dataset, pretrained, tmp_path):
-    cfg = tiny(tiny_dataset, tmp_path, mode="finetune", **{"model.cmi_checkpoint": pretrained["cmi_checkpoint"], "train.epochs": 1})
+    cfg = tiny(
+        tiny_dataset,
+        tmp_path,
+        mode="finetune",
+        **{"model.cmi_checkpoint": pretrained["cmi_checkpoint"], "train.epochs": 1},
+    )
     seen = {}
 
     def report(metrics, _ckpt):
@@ -79,7 +89,9 @@ def test_finetune_starts_from_pretrain_weights(tiny_dataset, pretrained, tmp_pat
     # fine-tuned weights moved away from the pretrained ones
     before = safe_load(pretrained["cmi_checkpoint"])["state_dict"]
     after = safe_load(res["cmi_checkpoint"])["state_dict"]
-    assert any(not torch.equal(before[k], after[k]) for k in before if before[k].is_floating_point())
+    assert any(
+        not torch.equal(before[k], after[k]) for k in before if before[k].is_floating_point()
+    )
     assert "val/acc_restored" in seen
 
 
@@ -90,7 +102,9 @@ def test_finetune_without_checkpoint_is_a_usage_error(tiny_dataset, tmp_path):
         train_trial(tiny(tiny_dataset, tmp_path, mode="finetune"))
 
 
-def test_same_seed_same_metrics_and_resume_follows_the_same_trajectory(tiny_dataset, pretrained, tmp_path):
+def test_same_seed_same_metrics_and_resume_follows_the_same_trajectory(
+    tiny_dataset, pretrained, tmp_path
+):
     over = {"mode": "mdfr", "model.cmi_checkpoint": pretrained["cmi_checkpoint"], "train.epochs": 2}
     full = train_trial(tiny(tiny_dataset, tmp_path / "full", **over))
     again = train_trial(tiny(tiny_dataset, tmp_path / "again", **over))

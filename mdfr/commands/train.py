@@ -19,11 +19,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Run one trial by hand: the same function a sweep runs, without Ray.",
     )
     p.add_argument("config", help="trial config YAML (a TrialConfig; see mdfr/config.py)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a dotted config key, e.g. --set model.width=8 (repeatable)")
-    p.add_argument("--resume", metavar="CKPT", help="checkpoint folder (or state.pt) to resume from")
-    p.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"),
-                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI; none = no tracking)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a dotted config key, e.g. --set model.width=8 (repeatable)",
+    )
+    p.add_argument(
+        "--resume", metavar="CKPT", help="checkpoint folder (or state.pt) to resume from"
+    )
+    p.add_argument(
+        "--tracking-uri",
+        default=os.environ.get("MLFLOW_TRACKING_URI"),
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI; none = no tracking)",
+    )
     p.add_argument("--experiment", default="mdfr-train", help="MLflow experiment name")
     p.add_argument("--check", action="store_true", help="validate the config, print it and exit")
     p.add_argument("--json", dest="json_out", metavar="PATH", help="also write the result as JSON")
@@ -55,17 +66,24 @@ def run(args: argparse.Namespace) -> int:
         # Same config into the same folder is the same run (a --resume continues it).
         run_id, _ = store.ensure_run(
             exp_id,
-            {"mdfr.kind": "train", "mdfr.config_hash": cfg.hash(), "mdfr.output_dir": cfg.output_dir},
+            {
+                "mdfr.kind": "train",
+                "mdfr.config_hash": cfg.hash(),
+                "mdfr.output_dir": cfg.output_dir,
+            },
             {"mdfr.git_commit": tracking.git_commit()},
             name=f"{cfg.mode}-{cfg.hash()[:8]}",
         )
         tracker = store.tracker(run_id)
 
-    print(f"mdfr train: {cfg.mode} ({cfg.model.backbone}, seed {cfg.seed}) -> {cfg.output_dir}",
-          file=sys.stderr)
+    print(
+        f"mdfr train: {cfg.mode} ({cfg.model.backbone}, seed {cfg.seed}) -> {cfg.output_dir}",
+        file=sys.stderr,
+    )
     try:
-        result = train_trial(cfg, tracker=tracker, checkpoint=args.resume,
-                             progress=sys.stderr.isatty())
+        result = train_trial(
+            cfg, tracker=tracker, checkpoint=args.resume, progress=sys.stderr.isatty()
+        )
     except BaseException:
         if store is not None:
             store.finish(run_id, "FAILED", "failed")
