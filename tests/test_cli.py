@@ -40,3 +40,12 @@ def test_check_prints_resolved_config(tmp_path, capsys):
 
 def test_no_subcommand_is_usage_error(capsys):
     assert main([]) == 2
+
+
+def test_example_trial_configs_validate(capsys):
+    from pathlib import Path
+
+    examples = sorted((Path(__file__).parents[1] / "sweeps" / "trials").glob("*.yaml"))
+    assert examples
+    for f in examples:
+        assert main(["train", str(f), "--check"]) == 0, f
