@@ -7,7 +7,6 @@ and referenced everywhere by the SHA-256 of its bytes.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 import torch
 
 from mdfr.errors import MdfrError, UsageError
+from mdfr.hashing import file_sha256
 
 STATE_FILE = "state.pt"
 CMI_FILE = "cmi.pt"
@@ -50,14 +50,6 @@ def safe_load(path: str | Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for corrupt or foreign files
         raise MdfrError(f"cannot read checkpoint {path}: {e}") from e
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def export_cmi(

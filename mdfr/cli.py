@@ -14,6 +14,7 @@ import importlib
 import os
 import sys
 import traceback
+import warnings
 
 from mdfr import __version__
 from mdfr.errors import MdfrError
@@ -44,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # CompressAI 1.2.8 scripts a helper at import time; torch's deprecation notice for that
+    # says nothing a user of mdfr can act on.
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated")
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -42,6 +42,7 @@ from mdfr import checkpoints as ckpt
 from mdfr import evaluate
 from mdfr.config import TrialConfig
 from mdfr.errors import UsageError
+from mdfr.hashing import file_sha256
 
 # Steps between host reads of the loss on CUDA (a read waits for the GPU to drain).
 SYNC_EVERY = 32
@@ -123,7 +124,7 @@ def _build(cfg: TrialConfig) -> _Trial:
             )
         state = ckpt.load_cmi(cfg.model.cmi_checkpoint, cfg.model.backbone, classes)
         cmi.load_state_dict(state["state_dict"])
-        cmi_sha = ckpt.file_sha256(cfg.model.cmi_checkpoint)
+        cmi_sha = file_sha256(cfg.model.cmi_checkpoint)
 
     baseline = None
     if cfg.mode == "mdfr":

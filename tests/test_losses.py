@@ -10,15 +10,7 @@ from mdfr.config import LossConfig
 from mdfr.losses import cmi_cross_entropy, mdfr_loss, phase_flatness, spatial_mse
 from mdfr.models import phase_of
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on busy shared cores OpenMP's
-    spinning threads cost several times the CPU time."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # Odd sides: no Nyquist bins, whose real-valued FFT coefficients could get angle +π in one

@@ -14,15 +14,7 @@ from mdfr.errors import MdfrError, UsageError
 from mdfr.losses import mdfr_loss
 from mdfr.models import UNet, create_backbone, create_model, model_names, phase_of
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on busy shared cores OpenMP's
-    spinning threads cost several times the CPU time."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 CLASSES = 5

@@ -9,15 +9,7 @@ from mdfr.errors import MdfrError, UsageError
 from mdfr.models import PAPER_BACKBONES, backbone_names, create_backbone
 from mdfr.registry import backbone_names as registry_backbone_names
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on busy shared cores OpenMP's
-    spinning threads cost several times the CPU time."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 TINY = ["test_remnet", "test_res2net", "test_resnet", "test_mobilenet", "test_dpec_convnext"]

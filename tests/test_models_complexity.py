@@ -13,15 +13,7 @@ from mdfr.config import ModelConfig
 from mdfr.models import FFR, create_backbone, create_model
 from mdfr.models.complexity import CUSTOM_FLOPS, profile
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on busy shared cores OpenMP's
-    spinning threads cost several times the CPU time."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _flops(fn) -> int:

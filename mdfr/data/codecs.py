@@ -40,6 +40,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from mdfr.errors import DataError, UsageError
+from mdfr.hashing import file_sha256
 from mdfr.registry import CODECS
 
 # One line per scheme: shown by `mdfr codec list` and in spec error messages.
@@ -138,15 +139,6 @@ def check_image(img: np.ndarray, rel_path: str | None = None) -> None:
         what = f"{getattr(img, 'dtype', type(img).__name__)} {getattr(img, 'shape', '')}"
         where = f"{rel_path}: " if rel_path else ""
         raise DataError(f"{where}codec input must be a uint8 HxWx3 RGB image, got {what}")
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes, streamed."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def parse_int(spec: str, text: str, what: str, lo: int, hi: int) -> int:

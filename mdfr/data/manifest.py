@@ -18,19 +18,11 @@ from typing import Any
 import numpy as np
 
 from mdfr.errors import DataError
+from mdfr.hashing import file_sha256
 
 FORMAT = "mdfr-patches/1"
 MANIFEST = "manifest.json"
 INCREMENT = "amplitude_increment.npy"
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file, streamed."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def inputs_digest(listing: list[str], used: list[tuple[str, Path]]) -> str:
