@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from mdfr.commands import add_set_option
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sweep", help="validate, run and resume sweep files on Ray Tune")
@@ -49,13 +51,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_set(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a sweep-file key: base.train.epochs=2, grid.seed=[0], "
+    add_set_option(
+        p,
+        "override a sweep-file key: base.train.epochs=2, grid.seed=[0], "
         "search_alg.num_samples=4 (repeatable)",
     )
 

@@ -11,6 +11,8 @@ import json
 import os
 import sys
 
+from mdfr.commands import add_set_option
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -19,14 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Run one trial by hand: the same function a sweep runs, without Ray.",
     )
     p.add_argument("config", help="trial config YAML (a TrialConfig; see mdfr/config.py)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a dotted config key, e.g. --set model.width=8 (repeatable)",
-    )
+    add_set_option(p, "override a dotted config key, e.g. --set model.width=8 (repeatable)")
     p.add_argument(
         "--resume", metavar="CKPT", help="checkpoint folder (or state.pt) to resume from"
     )
