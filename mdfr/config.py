@@ -26,6 +26,7 @@ import yaml
 from mdfr.errors import ConfigError
 
 Mode = Literal["pretrain", "finetune", "mdfr"]
+PhaseLoss = Literal["flatness", "wrapped"]
 Pooling = Literal["dual", "max", "avg"]
 
 
@@ -73,6 +74,9 @@ class ModelConfig:
     ffr: bool = True
     # Train the CMI network together with MDFRNet (paper: frozen).
     cmi_trainable: bool = False
+    # Start at the identity: zero-initialised output convs and restored = x + FFS(...), so an
+    # untrained MDFRNet returns its input (our reading; false = the paper's literal wiring).
+    identity_start: bool = True
     # Pretrained CMI checkpoint for mode finetune/mdfr; "" lets the sweep driver supply the
     # one it pretrains (cached by content hash).
     cmi_checkpoint: str = ""
@@ -82,8 +86,13 @@ class ModelConfig:
 class LossConfig:
     # λ1: weight of the spatial MSE between SFR output and the original patch.
     lambda_spa: float = _bounded(0.6, 0.0)
-    # λ2: weight of the phase flatness term log(S_GM/S_AM) (subtracted: it is <= 0).
+    # λ2: weight of the phase term: the paper's flatness log(S_GM/S_AM) (subtracted: it is
+    # <= 0), or our wrapped distance (added: it is >= 0), as `phase_loss` says.
     lambda_freq: float = _bounded(0.5, 0.0)
+    # Phase term: "flatness" = the paper's log(S_GM/S_AM), which rewards a *flat* error
+    # spectrum, not a small one; "wrapped" = amplitude-weighted 1 - cos(P_ori - P'), which is
+    # 0 only for the right phase and blind to 2π wraps (our improvement; see mdfr.losses).
+    phase_loss: PhaseLoss = "flatness"
     # λ3: weight of the CMI cross-entropy on the restored patch.
     lambda_cmi: float = _bounded(0.8, 0.0)
     # Guards the logs of the phase flatness term against zero spectra.
@@ -167,9 +176,12 @@ SETUPS: dict[str, dict[str, Any]] = {
     "wo_at": {"mode": "mdfr", "model.pooling": "max"},
     "wo_phase_restore": {"mode": "mdfr", "model.phase_restore": False},
     "proposed": {"mode": "mdfr"},
+    # Not in the paper: #6 with our wrapped, amplitude-weighted phase loss instead of the
+    # paper's flatness term (mdfr.losses), reported beside the paper's rows.
+    "proposed_wrapped": {"mode": "mdfr", "loss.phase_loss": "wrapped"},
 }
-# Paper row numbers, for reports.
-SETUP_ROWS: dict[str, int] = {name: i + 1 for i, name in enumerate(SETUPS)}
+# Paper row numbers, for reports (our extra variants have none).
+SETUP_ROWS: dict[str, int] = {name: i + 1 for i, name in enumerate(list(SETUPS)[:6])}
 
 
 def setup_overrides(name: str, path: str = "setup") -> dict[str, Any]:

@@ -11,7 +11,8 @@ Modes (``cfg.mode``):
     mdfr      MDFRNet in front of the pretrained CMI network (frozen unless
               ``model.cmi_trainable``), trained with λ1·L_spa − λ2·L_freq + λ3·L_CMI.
 
-Test metrics, all on the test split:
+Test metrics, all on the test split (each ``acc_*`` also as ``bacc_*``, balanced accuracy:
+the mean per-class recall, which class imbalance cannot inflate):
     acc_original    the CMI network the trial started from (pretrain: the one it trained) on
                     original patches — Table I column 1;
     acc_compressed  the same network on AI-compressed patches — Table I column 2;
@@ -444,6 +445,7 @@ def _finish(t: _Trial, model: torch.nn.Module, tracker: Tracker | None) -> dict[
     res["test_patches"] = int(len(next(iter(views.values()))[1])) if views else 0
     for view, (p, y) in views.items():
         res[f"acc_{view}"] = evaluate.accuracy(p, y)
+        res[f"bacc_{view}"] = evaluate.balanced_accuracy(p, y, n)
         cm = evaluate.confusion_matrix(p, y, n)
         per_model[view] = evaluate.per_class_accuracy(cm, t.classes)
         npy = t.out / f"confusion_{view}.npy"
@@ -465,7 +467,11 @@ def _finish(t: _Trial, model: torch.nn.Module, tracker: Tracker | None) -> dict[
         res["cmi_checkpoint"] = str(path)
     if tracker is not None:
         tracker.log_metrics(
-            {f"test/{k}": v for k, v in res.items() if k.startswith("acc_") and math.isfinite(v)},
+            {
+                f"test/{k}": v
+                for k, v in res.items()
+                if k.startswith(("acc_", "bacc_")) and math.isfinite(v)
+            },
             step=t.cfg.train.epochs,
         )
     return res

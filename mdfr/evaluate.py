@@ -33,6 +33,20 @@ def accuracy(pred: np.ndarray, true: np.ndarray) -> float:
     return float((pred == true).mean()) if len(true) else float("nan")
 
 
+def balanced_accuracy(pred: np.ndarray, true: np.ndarray, num_classes: int) -> float:
+    """Mean per-class recall over the classes present in ``true`` (NaN for an empty split).
+
+    Unlike accuracy it cannot be inflated by class imbalance: a predictor that always answers
+    the largest class scores exactly ``1 / classes present``.
+    """
+    if not len(true):
+        return float("nan")
+    cm = confusion_matrix(pred, true, num_classes)
+    totals = cm.sum(axis=1)
+    present = totals > 0
+    return float(np.mean(np.diag(cm)[present] / totals[present]))
+
+
 def confusion_matrix(pred: np.ndarray, true: np.ndarray, num_classes: int) -> np.ndarray:
     """Counts, rows = true class, columns = predicted class."""
     cm = np.zeros((num_classes, num_classes), dtype=np.int64)

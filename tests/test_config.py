@@ -78,7 +78,10 @@ def test_setup_applies_table2_switches_and_explicit_keys_win():
         "wo_at",
         "wo_phase_restore",
         "proposed",
+        "proposed_wrapped",  # ours: #6 with the wrapped phase loss
     }
+    assert from_dict({"setup": "proposed_wrapped"}).loss.phase_loss == "wrapped"
+    assert from_dict({"setup": "proposed"}).loss.phase_loss == "flatness"  # the paper's
 
 
 def test_flat_dict_and_hash():

@@ -7,7 +7,13 @@ import pytest
 import torch
 
 from mdfr.config import LossConfig
-from mdfr.losses import cmi_cross_entropy, mdfr_loss, phase_flatness, spatial_mse
+from mdfr.losses import (
+    cmi_cross_entropy,
+    mdfr_loss,
+    phase_flatness,
+    spatial_mse,
+    wrapped_phase_distance,
+)
 from mdfr.models import phase_of
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -115,7 +121,7 @@ def test_mdfr_loss_terms_of_absent_branches_are_zero_tensors():
         labels,
         LossConfig(),
     )
-    for k in ("loss", "spa", "freq", "cmi"):
+    for k in ("loss", "spa", "freq", "phase_dist", "cmi"):
         assert isinstance(out[k], torch.Tensor) and out[k].item() == 0, k
 
 
@@ -129,3 +135,60 @@ def test_mdfr_loss_takes_bf16_outputs():
         LossConfig(),
     )
     assert out["loss"].dtype == torch.float32 and torch.isfinite(out["loss"])
+
+
+# --------------------------------------------------------------------------- wrapped distance
+
+
+def np_wrapped(p_ori: np.ndarray, p_res: np.ndarray, amp: np.ndarray) -> float:
+    w = amp / amp.sum(axis=(-2, -1), keepdims=True)
+    return float(np.mean((w * (1 - np.cos(p_ori - p_res))).sum(axis=(-2, -1))))
+
+
+def test_wrapped_distance_is_zero_for_equal_phases_and_blind_to_2pi_wraps():
+    p, amp = rand(20) * 6 - 3, rand(21) + 0.1
+    assert wrapped_phase_distance(p, p, amp).item() == pytest.approx(0, abs=1e-7)
+    k = torch.randint(-3, 4, p.shape, generator=torch.Generator().manual_seed(22))
+    wrapped = p + 2 * np.pi * k  # the same angles, other branches
+    assert k.abs().sum() > 0
+    assert wrapped_phase_distance(p, wrapped, amp).item() == pytest.approx(0, abs=1e-6)
+    q = rand(23) * 6 - 3
+    assert wrapped_phase_distance(p, q + 2 * np.pi * k, amp).item() == pytest.approx(
+        wrapped_phase_distance(p, q, amp).item(), rel=1e-5
+    )
+    # ...while the paper's flatness term sees the wraps as errors
+    assert phase_flatness(p, wrapped).item() < -0.1
+
+
+def test_wrapped_distance_matches_numpy_and_grows_with_the_error():
+    p, amp = rand(24) * 6 - 3, rand(25)
+    small, large = p + 0.1 * rand(26), p + 1.0 * rand(26)
+    got = wrapped_phase_distance(p, large, amp).item()
+    want = np_wrapped(p.double().numpy(), large.double().numpy(), amp.double().numpy())
+    assert got == pytest.approx(want, rel=1e-5)
+    assert 0 < wrapped_phase_distance(p, small, amp) < wrapped_phase_distance(p, large, amp)
+
+
+def test_flatness_prefers_a_large_flat_error_the_wrapped_distance_does_not():
+    # The flaw the wrapped distance fixes: a uniform error of 1.5 rad is "perfect" for
+    # log(GM/AM), a small structured error is worse; the wrapped distance ranks them right.
+    p, amp = rand(27) * 6 - 3, rand(28) + 0.1
+    flat_large = p + 1.5
+    structured_small = p + 0.05 * (rand(29) > 0.5).float()
+    assert phase_flatness(p, flat_large) > phase_flatness(p, structured_small)
+    assert wrapped_phase_distance(p, flat_large, amp) > wrapped_phase_distance(
+        p, structured_small, amp
+    )
+
+
+def test_phase_loss_switch_picks_the_term_in_the_total():
+    original, sfr, phase = rand(30), rand(31), rand(32) * 6 - 3
+    logits, labels = rand(33, (3, 5)), torch.tensor([1, 0, 4])
+    out_dict = {"sfr": sfr, "phase": phase, "logits": logits}
+    paper = mdfr_loss(out_dict, original, labels, LossConfig(phase_loss="flatness"))
+    ours = mdfr_loss(out_dict, original, labels, LossConfig(phase_loss="wrapped"))
+    for k in ("spa", "freq", "phase_dist", "cmi"):  # both runs log both phase terms
+        assert torch.equal(paper[k], ours[k]), k
+    rest = 0.6 * paper["spa"] + 0.8 * paper["cmi"]
+    assert paper["loss"].item() == pytest.approx((rest - 0.5 * paper["freq"]).item(), rel=1e-6)
+    assert ours["loss"].item() == pytest.approx((rest + 0.5 * ours["phase_dist"]).item(), rel=1e-6)

@@ -38,16 +38,37 @@ def batch(n: int = 2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.
     return original, compressed, labels
 
 
-def build(cfg: ModelConfig, seed: int = 0, cmi: bool = True, m: torch.Tensor | None = None):
+def build(
+    cfg: ModelConfig,
+    seed: int = 0,
+    cmi: bool = True,
+    m: torch.Tensor | None = None,
+    trained: bool = True,
+):
+    """A tiny MDFRNet. ``trained``: give the zero-initialised output convs of the identity
+    start random weights, as after some training, so the wiring tests see every branch."""
     torch.manual_seed(seed)
     net_cmi = create_backbone("test_remnet", CLASSES) if cmi else None
-    return create_model(
+    net = create_model(
         "mdfrnet",
         cfg,
         num_classes=CLASSES,
         amplitude_increment=increment() if m is None else m,
         cmi=net_cmi,
     )
+    if trained:
+        for conv in _output_convs(net):
+            conv.reset_parameters()
+    return net
+
+
+def _output_convs(net) -> list[torch.nn.Conv2d]:
+    convs = [net.ffs.out]
+    if net.sfr is not None:
+        convs.append(net.sfr.unet.out)
+    if net.ffr is not None and net.ffr.phase_unet is not None:
+        convs.append(net.ffr.phase_unet.out)
+    return convs
 
 
 # --------------------------------------------------------------------------- UNet
@@ -136,6 +157,50 @@ def test_every_switch_combination_builds_and_has_the_right_outputs(
         unrestored = torch.equal(out["phase"], phase_of(x))
         assert unrestored != phase_restore
     assert all(torch.isfinite(v).all() for v in out.values() if v is not None)
+
+
+@pytest.mark.parametrize(("amplitude_mask", "pooling", "phase_restore", "branches"), COMBOS)
+def test_an_untrained_mdfrnet_returns_its_input_in_every_setup(
+    amplitude_mask, pooling, phase_restore, branches
+):
+    # The identity start: whatever the switches and however large the amplitude increment
+    # (M ~ U(0, 20) wipes out most of the FFR image), restored == compressed at init.
+    sfr, ffr = branches
+    cfg = tiny(
+        amplitude_mask=amplitude_mask, pooling=pooling, phase_restore=phase_restore, sfr=sfr, ffr=ffr
+    )
+    net = build(cfg, trained=False)
+    x = batch()[1]
+    for mode in (net.train, net.eval):
+        mode()
+        out = net(x)
+        torch.testing.assert_close(out["restored"], x, atol=1e-6, rtol=0)
+        if sfr:
+            torch.testing.assert_close(out["sfr"], x, atol=1e-6, rtol=0)
+        if ffr:
+            assert torch.equal(out["phase"], phase_of(x))
+
+
+def test_the_paper_literal_wiring_does_not_start_at_the_identity():
+    net = build(tiny(identity_start=False), trained=False)
+    x = batch()[1]
+    restored = net(x)["restored"]
+    assert (restored - x).pow(2).mean() > 1e-3  # a 1×1 conv of random features, not x
+
+
+def test_an_identity_start_trains_every_layer_from_the_second_step():
+    # The zero output convs get gradients on step 1; the layers behind them from step 2 on.
+    net = build(tiny(), trained=False)
+    original, compressed, labels = batch()
+    params = _trainable(net)
+    opt = torch.optim.RMSprop(list(params.values()), lr=1e-3)
+    net.train()
+    for _ in range(2):
+        opt.zero_grad(set_to_none=True)
+        mdfr_loss(net(compressed), original, labels, LossConfig())["loss"].backward()
+        opt.step()
+    for n, p in params.items():
+        assert p.grad is not None and p.grad.abs().sum() > 0, n
 
 
 def test_mdfrnet_needs_a_branch():
@@ -294,13 +359,17 @@ def test_bf16_autocast_runs_and_the_fft_stays_fp32(monkeypatch):
     monkeypatch.setattr(torch.fft, "fft2", spy(torch.fft.fft2))
     monkeypatch.setattr(torch.fft, "ifft2", spy(torch.fft.ifft2))
     net = build(tiny())
+    ffs_dtypes: list[torch.dtype] = []
+    net.ffs.register_forward_hook(lambda m, i, o: ffs_dtypes.append(o.dtype))
     original, compressed, labels = batch()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = net(compressed)
         loss = mdfr_loss(out, original, labels, LossConfig())
         # a bf16 input (e.g. a caller that casts its batches) must not reach the FFT either
         half = net(compressed.bfloat16())
-    assert out["restored"].dtype == torch.bfloat16  # autocast really was on for the convs
+    assert ffs_dtypes[0] == torch.bfloat16  # autocast really was on for the convs
+    # the identity start adds FFS's bf16 correction to the fp32 input: restored stays fp32
+    assert out["restored"].dtype == torch.float32
     assert out["ffr"].dtype == torch.float32 and out["phase"].dtype == torch.float32
     assert half["ffr"].dtype == torch.float32 and half["phase"].dtype == torch.float32
     # FFR fft2 + ifft2 twice, and the loss's fft2 of the original

@@ -173,3 +173,33 @@ def test_search_axis_out_of_every_cells_mode_is_an_error():
 def test_grid_axis_inert_for_finetune_warns():
     plan = _plan(grid={"setup": ["finetune", "proposed"], "model.width": [4, 8]})
     assert any("model.width" in w for w in plan.warnings)
+
+
+def test_finetune_section_overrides_only_finetune_cells_and_grid_values_win():
+    raw = {
+        "name": "ft",
+        "base": {"optim": {"lr": 1e-3}},
+        "grid": {"setup": ["finetune", "proposed"], "seed": [0]},
+        "finetune": {"optim": {"lr": 1e-4}, "train": {"epochs": 2}},
+    }
+    plan = build_plan(raw)
+    by_setup = {c.config["setup"]: c.config for c in plan.cells}
+    assert by_setup["finetune"]["optim.lr"] == 1e-4 and by_setup["finetune"]["train.epochs"] == 2
+    assert by_setup["proposed"]["optim.lr"] == 1e-3
+    assert SweepPlan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
+    raw["grid"]["optim.lr"] = [5e-5]
+    assert all(c.config["optim.lr"] == 5e-5 for c in build_plan(raw).cells)
+
+
+def test_pretraining_has_its_own_recipe_not_the_mdfr_phase_optimiser():
+    from mdfr.sweep.spec import PRETRAIN_RECIPE
+    from mdfr.sweep.stages import pretrain_config
+
+    raw = {"name": "pt", "base": {"optim": {"name": "rmsprop", "lr": 2e-4}}, "grid": {"seed": [0]}}
+    plan = build_plan({**raw, "grid": {"setup": ["proposed"]}})
+    flat = pretrain_config(plan, plan.cells[0].config, threads=1)
+    for key, value in PRETRAIN_RECIPE.items():
+        assert flat[key] == value, key
+    plan = build_plan({**raw, "grid": {"setup": ["proposed"]}, "pretrain": {"optim": {"lr": 3e-3}}})
+    flat = pretrain_config(plan, plan.cells[0].config, threads=1)
+    assert flat["optim.lr"] == 3e-3 and flat["optim.name"] == "adam"

@@ -24,14 +24,24 @@ A sweep file looks like this (every section but ``name`` is optional)::
     storage: results/ray               # a path every node sees (local disk, NFS)
     tracking_uri: sqlite:///results/mlflow.db
     prepare: {images: results/data/vision, codec: "jpeg:50", out: results/data, options: {}}
-    pretrain: {train: {epochs: 5}}     # overrides for the shared CMI pretraining stage
+    pretrain: {train: {epochs: 5}, optim: {name: adam, lr: 1.0e-3}}  # the CMI pretraining
+                                       # stage's own recipe (it does not inherit base.optim)
+    finetune: {optim: {lr: 1.0e-4}}    # overrides for every cell of mode finetune (Table II #1)
 
 Semantics: a grid cell is one combination of the grid axes; ``setup`` expands to that Table II
 setup's switches (:data:`mdfr.config.SETUPS`, which win over ``base``). Each cell runs
 ``search_alg.num_samples`` trials whose ``search`` values Optuna proposes, or exactly one trial
 when ``search`` is empty. A search axis that does not apply to a cell's mode (the λ weights for
-``finetune``) is not sampled for that cell; a cell left with no search axis runs once. Every cell is turned into a :class:`TrialConfig`
-here, so an impossible combination fails at ``mdfr sweep validate`` time, not on the cluster.
+``finetune``) is not sampled for that cell; a cell left with no search axis runs once. Every
+cell is turned into a :class:`TrialConfig` here, so an impossible combination fails at
+``mdfr sweep validate`` time, not on the cluster.
+
+Stages have their own recipes: the shared CMI pretraining trains a classifier from scratch
+and starts from :data:`PRETRAIN_RECIPE` (Adam, cosine schedule) rather than the MDFR phase's
+``base.optim`` (the paper's RMSprop 2e-4, meant for restoring through a frozen network);
+``pretrain:`` overrides it. ``finetune:`` overrides every fine-tuning cell (its own learning
+rate, so the baseline is not run at whatever suits MDFRNet); precedence is
+base < setup switches < ``finetune:`` < grid values < search values.
 """
 
 from __future__ import annotations
@@ -79,6 +89,17 @@ FINAL_METRICS: tuple[str, ...] = (
 # Metrics a pretrain trial does not have (it has no defence to measure).
 NOT_IN_PRETRAIN: tuple[str, ...] = ("val/acc_restored", "test/acc_restored")
 
+# The CMI pretraining stage's default recipe (a sweep's ``pretrain:`` section overrides it).
+# Measured on the synthetic demo set (docs/science.md): Adam with a cosine schedule trains the
+# classifier from scratch where the paper's MDFR-phase RMSprop (no bias correction: the first
+# steps move weights by ~10x lr) stalls well below it.
+PRETRAIN_RECIPE: dict[str, Any] = {
+    "optim.name": "adam",
+    "optim.lr": 1e-3,
+    "optim.weight_decay": 0.0,
+    "optim.scheduler": "cosine",
+}
+
 # Keys that only matter for MDFRNet trials (mode "mdfr"): search axes over them are not
 # sampled for pretrain/finetune cells, and they do not enter the pretraining cache key.
 MDFR_ONLY: tuple[str, ...] = (
@@ -91,6 +112,7 @@ MDFR_ONLY: tuple[str, ...] = (
     "model.sfr",
     "model.ffr",
     "model.cmi_trainable",
+    "model.identity_start",
 )
 
 TOP_KEYS = (
@@ -110,6 +132,7 @@ TOP_KEYS = (
     "tracking_uri",
     "prepare",
     "pretrain",
+    "finetune",
 )
 SAMPLERS = ("tpe", "random", "gp", "qmc")
 SCHEDULERS = ("asha", "fifo")
@@ -219,6 +242,7 @@ class SweepPlan:
     tracking_uri: str
     prepare: PrepareSpec | None
     pretrain: dict[str, Any] | None
+    finetune: dict[str, Any] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
 
     @property
@@ -338,6 +362,7 @@ def build_plan(raw: dict[str, Any], source: str = "") -> SweepPlan:
         raise ConfigError("description", f"expected a string, got {description!r}")
     base = _base(raw.get("base"))
     grid = _grid(raw.get("grid"))
+    finetune = _finetune(raw.get("finetune"), base)
     setups = _setups_in_use(base, grid)
     search = _search(raw.get("search"), base, grid, setups)
     backbones = {base.get("model.backbone", TrialConfig().model.backbone)}
@@ -347,7 +372,9 @@ def build_plan(raw: dict[str, Any], source: str = "") -> SweepPlan:
         "grid.model.backbone" if "model.backbone" in grid else "base.model.backbone",
         warnings,
     )
-    cells = _cells(base, grid, search)
+    cells = _cells(base, grid, search, finetune)
+    if finetune and not any(c.mode == "finetune" for c in cells):
+        warnings.append("the finetune section changes nothing: no grid cell runs mode 'finetune'")
     for axis in search:
         if not any(axis.name in c.search for c in cells):
             raise ConfigError(
@@ -384,6 +411,7 @@ def build_plan(raw: dict[str, Any], source: str = "") -> SweepPlan:
         tracking_uri=check_tracking_uri(raw.get("tracking_uri", DEFAULT_TRACKING_URI)),
         prepare=prepare,
         pretrain=pretrain,
+        finetune=finetune,
         warnings=tuple(warnings),
     )
 
@@ -612,7 +640,10 @@ def _try_value(base: dict[str, Any], key: str, value: Any, path: str) -> None:
 
 
 def _cells(
-    base: dict[str, Any], grid: dict[str, list[Any]], search: list[SearchAxis]
+    base: dict[str, Any],
+    grid: dict[str, list[Any]],
+    search: list[SearchAxis],
+    finetune: dict[str, Any] | None = None,
 ) -> list[Cell]:
     cells = []
     for index, combo in enumerate(itertools.product(*grid.values()) if grid else [()]):
@@ -626,6 +657,8 @@ def _cells(
         elif base.get("setup"):
             for k, v in SETUPS[base["setup"]].items():
                 flat.setdefault(k, v)
+        if values.get("mode", flat.get("mode", TrialConfig.mode)) == "finetune":
+            flat.update(finetune or {})
         flat.update({k: v for k, v in values.items() if k != "setup"})
         try:
             cfg = from_dict(unflatten(flat))
@@ -933,11 +966,32 @@ def _pretrain(value: Any, base: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def pretrain_base(flat: dict[str, Any]) -> dict[str, Any]:
-    """The keys of a (cell) config that the shared pretraining stage inherits."""
-    keep = ("data.", "optim.", "train.", "seed", "model.backbone", "model.pretrained")
+    """The keys of a (cell) config that the shared pretraining stage inherits, on top of
+    :data:`PRETRAIN_RECIPE` (the optimiser is the stage's own, never the cell's)."""
+    keep = ("data.", "train.", "seed", "model.backbone", "model.pretrained")
     out = {k: v for k, v in flat.items() if k.startswith(keep) and not is_mdfr_only(k)}
-    out["mode"] = "pretrain"
-    return out
+    return {**PRETRAIN_RECIPE, **out, "mode": "pretrain"}
+
+
+def _finetune(value: Any, base: dict[str, Any]) -> dict[str, Any]:
+    """Overrides for every fine-tuning cell (a partial TrialConfig)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError("finetune", f"expected a mapping (a partial TrialConfig), got {value!r}")
+    flat = flatten(unflatten(flatten(value)))
+    for key in flat:
+        if key in ("mode", "setup", "output_dir"):
+            raise ConfigError(f"finetune.{key}", "is set per cell by the grid and the driver")
+        if is_mdfr_only(key):
+            raise ConfigError(
+                f"finetune.{key}", "only matters for MDFRNet cells (mode 'mdfr'), not fine-tuning"
+            )
+    try:
+        from_dict(unflatten({**base, **flat, "mode": "finetune", "setup": ""}))
+    except ConfigError as e:
+        raise _config_error(e, "finetune.") from None
+    return flat
 
 
 def _check_cross(

@@ -229,7 +229,7 @@ def _record_cached(
     tracker = store.tracker(run_id)
     tracker.set_tags({"mdfr.cmi_checkpoint": str(done.get("cmi_checkpoint"))})
     tracker.log_metrics(
-        {f"test/{k}": v for k, v in done.items() if k.startswith("acc_")},
+        {f"test/{k}": v for k, v in done.items() if k.startswith(("acc_", "bacc_"))},
         step=int(done.get("epochs", 0)),
     )
     store.finish(run_id, "FINISHED", "ok")

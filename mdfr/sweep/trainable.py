@@ -92,7 +92,7 @@ class _Reporter:
     def final(self, result: dict[str, Any]) -> tuple[dict[str, Any], Any]:
         metrics, ckpt_dir = self.held or ({}, None)
         final = dict(metrics)
-        final.update({f"test/{k}": v for k, v in result.items() if k.startswith("acc_")})
+        final.update({f"test/{k}": v for k, v in result.items() if k.startswith(("acc_", "bacc_"))})
         final["status"] = result.get("status", "ok")
         final[FINAL_KEY] = True
         return _scalars(final), _checkpoint(ckpt_dir, metrics.get("epoch"))
