@@ -13,15 +13,17 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 TINY = ["test_remnet", "test_res2net", "test_resnet", "test_mobilenet", "test_dpec_convnext"]
+# CPU-scale networks for the offline demo (neither paper size nor test size).
+CPU_SCALE = ["small_remnet"]
 
 
 def test_names_cover_table_one_and_the_tiny_variants():
     assert set(PAPER_BACKBONES) == {"remnet", "res2net50", "resnet50", "mobilenet", "dpec_convnext"}
-    assert set(PAPER_BACKBONES) | set(TINY) == set(backbone_names())
+    assert set(PAPER_BACKBONES) | set(TINY) | set(CPU_SCALE) == set(backbone_names())
     assert registry_backbone_names() == backbone_names()
 
 
-@pytest.mark.parametrize("name", TINY)
+@pytest.mark.parametrize("name", TINY + CPU_SCALE)
 def test_tiny_backbones_classify_64px_patches_and_train(name):
     torch.manual_seed(0)
     net = create_backbone(name, num_classes=7)

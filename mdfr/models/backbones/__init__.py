@@ -2,8 +2,9 @@
 
 Every backbone maps ``(B, 3, 64, 64)`` RGB in [0, 1] to logits ``(B, num_classes)`` and
 normalises its input itself. Paper-size networks: ``remnet``, ``res2net50``, ``resnet50``,
-``mobilenet``, ``dpec_convnext``; tiny variants for tests: ``test_remnet``, ``test_res2net``,
-``test_resnet``, ``test_mobilenet``, ``test_dpec_convnext``.
+``mobilenet``, ``dpec_convnext``; ``small_remnet``, a CPU-scale RemNet for the offline demo;
+tiny variants for tests: ``test_remnet``, ``test_res2net``, ``test_resnet``,
+``test_mobilenet``, ``test_dpec_convnext``.
 """
 
 from __future__ import annotations
