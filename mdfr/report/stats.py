@@ -116,3 +116,21 @@ def _finite(v: object) -> bool:
 def seed_order(key: str) -> tuple[int, str]:
     # Seeds arrive as tag strings; sort "2" before "10".
     return (int(key), "") if key.lstrip("-").isdigit() else (1 << 62, key)
+
+
+def holm(pvalues: Mapping[str, float | None]) -> dict[str, float | None]:
+    """Holm–Bonferroni adjusted p-values for one family of tests (``None`` stays ``None``).
+
+    The ``m`` available p-values are sorted ascending; the ``i``-th (0-based) is multiplied
+    by ``m - i``, running maxima keep the adjusted values monotone, and they are capped at 1.
+    Rejecting where the adjusted value is below α controls the family-wise error rate at α
+    without assuming the tests are independent (ours share a baseline and a test split).
+    """
+    given = sorted(((p, k) for k, p in pvalues.items() if p is not None), key=lambda t: t[0])
+    m = len(given)
+    out: dict[str, float | None] = dict.fromkeys(pvalues)
+    running = 0.0
+    for i, (p, k) in enumerate(given):
+        running = max(running, min(1.0, (m - i) * p))
+        out[k] = running
+    return out

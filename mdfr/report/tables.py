@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from mdfr.config import SETUP_ROWS
+from mdfr.config import SETUP_ROWS, SETUPS
 from mdfr.report import paper as paper_mod
 from mdfr.report.runs import backbone_of, metric, mode_of, outcome, seed_of, setup_of
 from mdfr.report.stats import Paired, Summary, mean_ci, paired, seed_order
@@ -28,6 +28,7 @@ SETUP_LABELS = {
     "wo_at": "wo/at",
     "wo_phase_restore": "wo/phase_restore",
     "proposed": "proposed",
+    "proposed_wrapped": "proposed, wrapped phase loss",
 }
 SETUP_WHAT = {
     "finetune": "CMI net fine-tuned on compressed patches; no MDFRNet",
@@ -36,6 +37,7 @@ SETUP_WHAT = {
     "wo_at": "max pooling only in FFS attention",
     "wo_phase_restore": "no phase restoration (P' = P)",
     "proposed": "everything on",
+    "proposed_wrapped": "everything on; our wrapped phase loss instead of the paper's (not in the paper)",
 }
 
 
@@ -100,23 +102,50 @@ def _groups(runs: list[dict[str, Any]], key: Callable[[dict[str, Any]], str]) ->
 
 
 def table2(trials: list[dict[str, Any]], paper: dict[str, Any]) -> dict[str, list[Row]]:
-    """backbone -> the six Table II rows (SETUP_ROWS order), each with its paired test
-    against #1 fine-tuning on ``test/acc_restored``. Setups the sweep did not run get a row
-    with n = 0, so the table always shows what is missing."""
+    """backbone -> the six Table II rows (SETUP_ROWS order) plus our extra variants that ran
+    (``proposed_wrapped``), each with its paired test against #1 fine-tuning on
+    ``test/acc_restored``. Setups the sweep did not run get a row with n = 0, so the table
+    always shows what is missing.
+
+    ``Row.extra`` holds what a reader needs to judge the row: ``balanced`` (a Row of
+    ``test/bacc_restored``), ``compressed`` (seed -> the starting CMI net's accuracy on the
+    compressed patches, for the restoration test), ``optim`` (the optimiser and learning
+    rate the row's trials used) and ``phase_loss``."""
     ok = usable(trials)
     out: dict[str, list[Row]] = {}
     for bb in _groups(ok, backbone_of):
         mine = [r for r in ok if backbone_of(r) == bb]
+        extra = [s for s in SETUPS if s not in SETUP_ROWS and any(setup_of(r) == s for r in mine)]
         rows = []
-        for setup in SETUP_ROWS:
-            row = make_row(setup, [r for r in mine if setup_of(r) == setup], "test/acc_restored")
+        for setup in [*SETUP_ROWS, *extra]:
+            runs = [r for r in mine if setup_of(r) == setup]
+            row = make_row(setup, runs, "test/acc_restored")
             row.paper = paper_mod.table2_value(paper, setup)
+            row.extra.update(_row_extra(setup, runs))
             rows.append(row)
         base = rows[0]
         for row in rows[1:]:
             row.vs_baseline = paired(row.values, base.values)
         out[bb] = rows
     return out
+
+
+def _row_extra(setup: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    picked = pick_per_seed(runs)
+    compressed = {
+        s: v for s, r in picked.items() if (v := _percent(r, "test/acc_compressed")) is not None
+    }
+    optims = sorted(
+        {f"{r['params'].get('optim.name', '?')} {r['params'].get('optim.lr', '?')}" for r in runs}
+    )
+    mode = SETUPS.get(setup, {}).get("mode", "mdfr")
+    losses = sorted({str(r["params"].get("loss.phase_loss", "flatness")) for r in runs})
+    return {
+        "balanced": make_row(setup, runs, "test/bacc_restored"),
+        "compressed": compressed,
+        "optim": ", ".join(optims) or "—",
+        "phase_loss": "—" if mode != "mdfr" else (", ".join(losses) or "—"),
+    }
 
 
 # --------------------------------------------------------------------------- Table I
