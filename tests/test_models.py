@@ -167,7 +167,11 @@ def test_an_untrained_mdfrnet_returns_its_input_in_every_setup(
     # (M ~ U(0, 20) wipes out most of the FFR image), restored == compressed at init.
     sfr, ffr = branches
     cfg = tiny(
-        amplitude_mask=amplitude_mask, pooling=pooling, phase_restore=phase_restore, sfr=sfr, ffr=ffr
+        amplitude_mask=amplitude_mask,
+        pooling=pooling,
+        phase_restore=phase_restore,
+        sfr=sfr,
+        ffr=ffr,
     )
     net = build(cfg, trained=False)
     x = batch()[1]
