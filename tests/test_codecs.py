@@ -426,3 +426,29 @@ def test_cli_errors_exit_2(tmp_path: Path, capsys) -> None:
     )
     assert main(["codec", "train", "--images", str(tmp_path), "--out", str(tmp_path / "o.pt")]) == 2
     assert "no images" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("arch", "stride"), [("mdfr-factorized-s2", 4), ("mdfr-factorized-s3", 8)])
+def test_shallow_archs_train_save_and_code_real_bitstreams(
+    arch: str, stride: int, codec_train_images: Path, tmp_path: Path
+) -> None:
+    """Our shallow factorized priors go through the same train -> checkpoint -> learned: path
+    as CompressAI's, with latents on a grid 4x or 8x coarser than the image."""
+    from mdfr.data.codec_train import downsampling_factor
+
+    assert downsampling_factor(arch) == stride
+    cfg = CodecTrainConfig(
+        **{**TINY_CODEC, "arch": arch, "channels": (8, 8), "steps": 20, "pool": 64, "crop": 32}
+    )
+    out = tmp_path / f"{arch}.pt"
+    with torch_threads(1):
+        train_codec(codec_train_images, out, cfg, progress=False)
+    codec = create_codec(f"learned:{out}", device="cpu")
+    assert type(codec.model).__name__ == "ShallowFactorizedPrior"
+    img = skimage_photo("stereo_motorcycle")[:100, :150]
+    data = codec.encode(img)
+    h, w, shape, strings = unpack_bitstream(data)
+    assert (h, w) == (100, 150) and shape == (128 // stride, 192 // stride)
+    res = codec.compress(img)
+    assert res.nbytes == len(data) and res.image.shape == img.shape
+    assert np.array_equal(res.image, codec.decode(data))

@@ -31,7 +31,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     tr.add_argument(
         "--arch",
         default="bmshj2018-factorized",
-        help="bmshj2018-factorized | bmshj2018-hyperprior | mbt2018-mean",
+        help="bmshj2018-factorized | bmshj2018-hyperprior | mbt2018-mean | mdfr-factorized-s2 | "
+        "mdfr-factorized-s3 (ours: 2 or 3 stages, train to a usable quality on a CPU)",
     )
     tr.add_argument("--quality", type=int, default=3, help="zoo quality picking (N, M)")
     tr.add_argument("--channels", type=_channels, help="N,M overriding --quality, e.g. 64,96")

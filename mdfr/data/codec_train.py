@@ -28,8 +28,15 @@ from mdfr.errors import DataError, UsageError
 
 CHECKPOINT_FORMAT = "mdfr-codec"
 CHECKPOINT_VERSION = 1
-# Architectures `mdfr codec train` builds; all take (N, M) and downsample by 2^4 in g_a.
-TRAIN_ARCHS = ("bmshj2018-factorized", "bmshj2018-hyperprior", "mbt2018-mean")
+# Architectures `mdfr codec train` builds; all take (N, M). CompressAI's downsample by 2^4 in
+# g_a; ours (mdfr.data.codec_models) by 2^2 or 2^3 and train to a usable quality on a CPU.
+TRAIN_ARCHS = (
+    "bmshj2018-factorized",
+    "bmshj2018-hyperprior",
+    "mbt2018-mean",
+    "mdfr-factorized-s2",
+    "mdfr-factorized-s3",
+)
 
 
 @dataclass(frozen=True)
@@ -52,12 +59,13 @@ class CodecTrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:<i>
 
     def resolved_channels(self) -> tuple[int, int]:
-        """(N, M): the override, else the zoo's table for ``arch`` at ``quality``."""
+        """(N, M): the override, else the zoo's table for ``arch`` at ``quality`` (our
+        shallow archs follow bmshj2018-factorized's table)."""
         from compressai.zoo.image import cfgs
 
         if self.channels is not None:
             return self.channels
-        return cfgs[self.arch][self.quality]
+        return cfgs[_zoo_table_arch(self.arch)][self.quality]
 
     def validate(self) -> None:
         """Raise UsageError naming the first bad field."""
@@ -65,8 +73,9 @@ class CodecTrainConfig:
 
         if self.arch not in TRAIN_ARCHS:
             raise UsageError(f"--arch {self.arch!r}: trainable archs are {', '.join(TRAIN_ARCHS)}")
-        if self.channels is None and self.quality not in cfgs[self.arch]:
-            raise UsageError(f"--quality {self.quality}: {self.arch} has {sorted(cfgs[self.arch])}")
+        table = cfgs[_zoo_table_arch(self.arch)]
+        if self.channels is None and self.quality not in table:
+            raise UsageError(f"--quality {self.quality}: {self.arch} has {sorted(table)}")
         if self.channels is not None and (len(self.channels) != 2 or min(self.channels) < 1):
             raise UsageError(f"--channels must be two positive integers N,M, got {self.channels}")
         factor = downsampling_factor(self.arch)
@@ -82,15 +91,29 @@ class CodecTrainConfig:
                 raise UsageError(f"--{name} must be >= 1")
 
 
+def _zoo_table_arch(arch: str) -> str:
+    return "bmshj2018-factorized" if arch.startswith("mdfr-factorized") else arch
+
+
 def downsampling_factor(arch: str) -> int:
-    """Total stride of the model: 16 for the factorized prior, 64 with a hyperprior."""
+    """Total stride of the model: 16 for the factorized prior, 64 with a hyperprior, 4 or 8
+    for our shallow factorized priors."""
+    from mdfr.data.codec_models import SHALLOW
+
+    if arch in SHALLOW:
+        return 2 ** SHALLOW[arch]
     return 16 if arch.startswith("bmshj2018-factorized") else 64
 
 
 def build_model(arch: str, n: int, m: int) -> Any:
-    """A fresh CompressAI model of ``arch`` with ``n``/``m`` channels."""
+    """A fresh model of ``arch`` (CompressAI's zoo classes, or ours) with ``n``/``m``
+    channels."""
     from compressai.zoo.image import model_architectures
 
+    from mdfr.data.codec_models import SHALLOW, build_shallow
+
+    if arch in SHALLOW:
+        return build_shallow(arch, n, m)
     return model_architectures[arch](n, m)
 
 
