@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mdfr.errors import MdfrError
+from mdfr.errors import ConfigError, MdfrError
 
 T = TypeVar("T")
 
@@ -57,6 +57,41 @@ def resolve_uri(uri: str, base: str | Path | None = None) -> str:
         path = Path(uri).expanduser()
         return f"file://{path if path.is_absolute() else (root / path).resolve()}"
     return uri
+
+
+# Schemes MLflow 3.17 can track to. File stores (a folder, file://) are not among them: MLflow
+# refuses them at the first call, so they are refused when a sweep file or option is read.
+URI_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
+
+
+def check_tracking_uri(value: Any, where: str = "tracking_uri") -> str:
+    """A validated MLflow tracking URI, from a sweep file or ``--tracking-uri``.
+
+    Args:
+        value: what the user gave.
+        where: how the user gave it, named in the error (``tracking_uri``, ``--tracking-uri``).
+
+    Raises:
+        ConfigError: empty, a file store, an unsupported scheme or a malformed ``sqlite:`` URI.
+    """
+    if not isinstance(value, str) or not value:
+        raise ConfigError(where, f"expected an MLflow tracking URI, got {value!r}")
+    scheme = value.split("://", 1)[0] if "://" in value else ""
+    if scheme in ("", "file"):
+        raise ConfigError(
+            where,
+            f"got {value!r}: a file store, which MLflow 3.17 cannot use; use "
+            "sqlite:///<path>.db on one machine (e.g. sqlite:///results/mlflow.db) or a tracking "
+            "server, http(s)://HOST:PORT",
+        )
+    if scheme.split("+", 1)[0] not in URI_SCHEMES:
+        raise ConfigError(
+            where,
+            f"unsupported scheme {scheme!r} in {value!r}; allowed: {', '.join(URI_SCHEMES)}",
+        )
+    if scheme == "sqlite" and not value.startswith("sqlite:///"):
+        raise ConfigError(where, f"expected sqlite:///<path to .db>, got {value!r}")
+    return value
 
 
 def _sqlite_path(uri: str) -> Path | None:

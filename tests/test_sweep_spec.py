@@ -22,7 +22,8 @@ INVALID = sorted((Path(__file__).parent / "sweeps_invalid").glob("*.yaml"))
 
 def _header(path: Path) -> tuple[str, str]:
     """The ``# path:`` and ``# expect:`` lines every invalid fixture starts with."""
-    lines = path.read_text().splitlines()
+    # bytes: a fixture may be a file that is not UTF-8 past its two header lines
+    lines = path.read_bytes().decode("utf-8", errors="replace").splitlines()
     dotted = lines[0].removeprefix("# path:").strip()
     expect = lines[1].removeprefix("# expect:").strip()
     return dotted, expect

@@ -64,7 +64,7 @@ def _usage(p: argparse.ArgumentParser) -> int:
 
 
 def validate(args: argparse.Namespace) -> int:
-    from mdfr.sweep.spec import load_sweep
+    from mdfr.sweep.spec import describe_scheduler, load_sweep
 
     plan = load_sweep(args.file, args.overrides)
     for w in plan.warnings:
@@ -79,6 +79,7 @@ def validate(args: argparse.Namespace) -> int:
         f"scheduler: {plan.scheduler.name}; resources: {plan.resources.cpu} cpu, "
         f"{plan.resources.gpu:g} gpu per trial"
     )
+    print(f"  scheduler: {describe_scheduler(plan)}")
     if args.list:
         for key in plan.trial_keys():
             print(f"  {key}")

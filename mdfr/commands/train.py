@@ -40,8 +40,11 @@ def run(args: argparse.Namespace) -> int:
     import yaml
 
     from mdfr.config import load_yaml
+    from mdfr.tracking import check_tracking_uri
 
     cfg = load_yaml(args.config, args.overrides)
+    if args.tracking_uri:
+        check_tracking_uri(args.tracking_uri, "--tracking-uri")
     if args.check:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         print(f"# config hash {cfg.hash()}")
