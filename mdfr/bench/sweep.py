@@ -550,7 +550,7 @@ def run_sweep_bench(
         with contextlib.ExitStack() as stack:
             t0 = time.time()
             if overhead or use_ray_packing:
-                from mdfr.sweep.driver import ray_session
+                from mdfr.sweep.session import ray_session
 
                 # Sleeping trials need no cores: let Ray run `concurrency` of them on 2 cores.
                 stack.enter_context(
