@@ -78,6 +78,9 @@ MODELS: Registry[Callable[..., Any]] = Registry("model")
 CODECS: Registry[Callable[..., Any]] = Registry("codec")
 
 
+# Table I's backbones, in the paper's order (reports sort by it).
+PAPER_BACKBONES: tuple[str, ...] = ("remnet", "res2net50", "resnet50", "mobilenet", "dpec_convnext")
+
 # The backbones mdfr.models registers, named here so a sweep file's backbones can be checked
 # without importing torch (`mdfr sweep validate` in a fraction of a second).
 # tests/test_registry.py fails when this list and the filled registry disagree.

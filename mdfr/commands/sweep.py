@@ -70,6 +70,7 @@ def _usage(p: argparse.ArgumentParser) -> int:
 
 
 def validate(args: argparse.Namespace) -> int:
+    # Lazy (CLI boundary): imported only when this subcommand runs.
     from mdfr.sweep.spec import describe_scheduler, load_sweep
 
     plan = load_sweep(args.file, args.overrides)
@@ -93,6 +94,7 @@ def validate(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Lazy (CLI boundary): imported only when this subcommand runs.
     from mdfr.sweep.driver import run_sweep
     from mdfr.sweep.spec import load_sweep
 
@@ -111,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def resume(args: argparse.Namespace) -> int:
+    # Lazy (CLI boundary): imported only when this subcommand runs.
     from mdfr.sweep.driver import resume_sweep
 
     out = resume_sweep(
@@ -137,6 +140,7 @@ def _summary(out: SweepOutcome) -> int:
 
 
 def list_(args: argparse.Namespace) -> int:
+    # Lazy (CLI boundary): imported only when this subcommand runs.
     from mdfr.sweep.state import list_sweeps
 
     rows = list_sweeps(args.storage)
@@ -148,6 +152,7 @@ def list_(args: argparse.Namespace) -> int:
 
 
 def status(args: argparse.Namespace) -> int:
+    # Lazy (CLI boundary): imported only when this subcommand runs.
     from mdfr.sweep.state import SweepState, find_sweep
     from mdfr.tracking import fetch_sweep_runs
 

@@ -12,6 +12,7 @@ import os
 import sys
 
 from mdfr.commands import add_set_option
+from mdfr.names import Kind, Tag
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -37,28 +38,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Lazy (CLI boundary): imported only when this subcommand runs.
     import yaml
 
+    from mdfr import tracking
     from mdfr.config import load_yaml
-    from mdfr.tracking import check_tracking_uri
 
     cfg = load_yaml(args.config, args.overrides)
     if args.tracking_uri:
-        check_tracking_uri(args.tracking_uri, "--tracking-uri")
+        tracking.check_tracking_uri(args.tracking_uri, "--tracking-uri")
     if args.check:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         print(f"# config hash {cfg.hash()}")
         return 0
 
+    # Lazy (CLI boundary): torch, the models and the data loaders, past --check only.
     from mdfr.engine import default_output_dir, train_trial
-    from mdfr.names import Kind, Tag
 
     if not cfg.output_dir:
         cfg = cfg.replace(output_dir=str(default_output_dir(cfg).resolve()))
     tracker = store = run_id = None
     if args.tracking_uri:
-        from mdfr import tracking
-
         tracking.check_reachable(args.tracking_uri)
         store = tracking.Store(args.tracking_uri)
         exp_id = store.ensure_experiment(args.experiment)

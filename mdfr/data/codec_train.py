@@ -23,7 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from mdfr import __version__
 from mdfr.data.codecs import IMAGE_SUFFIXES, Codec, NeuralCodec
+from mdfr.devices import resolve_device
 from mdfr.errors import DataError, UsageError
 
 CHECKPOINT_FORMAT = "mdfr-codec"
@@ -188,8 +190,6 @@ def train_codec(
     from compressai.losses import RateDistortionLoss
     from tqdm import tqdm
 
-    from mdfr.data.codecs import resolve_device
-
     cfg.validate()
     device = resolve_device(cfg.device)
     files = list_images(images)
@@ -277,8 +277,6 @@ def save_checkpoint(
     import compressai
     import torch
 
-    import mdfr
-
     hparams = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
     hparams["images"] = str(images)
     ckpt = {
@@ -291,7 +289,7 @@ def save_checkpoint(
         "stats": stats,
         "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
         "versions": {
-            "mdfr": mdfr.__version__,
+            "mdfr": __version__,
             "compressai": compressai.__version__,
             "torch": str(torch.__version__),  # TorchVersion is not weights_only-loadable
         },

@@ -488,6 +488,8 @@ def create_compressai_codec(arg: str, device: str | None = None) -> NeuralCodec:
 @CODECS.register("learned")
 def create_learned_codec(arg: str, device: str | None = None) -> NeuralCodec:
     """A model trained by ``mdfr codec train`` (real entropy-coded bitstreams)."""
+    # Lazy: codec_train imports this module (its codecs) and CompressAI; a JPEG sweep never
+    # needs either.
     from mdfr.data.codec_train import load_checkpoint
 
     if not arg:

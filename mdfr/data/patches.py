@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from mdfr.data.codecs import create_codec
 from mdfr.data.manifest import (
     FORMAT,
     INCREMENT,
@@ -125,8 +126,6 @@ def prepare(
         UsageError: bad options or codec spec.
         DataError: unusable input (names the file and the problem), unless ``skip_bad``.
     """
-    from mdfr.data.codecs import create_codec
-
     start = time.perf_counter()
     say = log or (lambda _msg: None)
     opts = _options(

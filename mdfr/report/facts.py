@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from mdfr.data.manifest import load_manifest
+from mdfr.errors import DataError
 from mdfr.report.runs import SweepRuns
 
 PAPER_SCALE = {"epochs": 30, "width": 64, "depth": 4}
@@ -48,9 +50,6 @@ def describe_codec(spec: str) -> str:
 
 def load_manifests(trials: list[dict[str, Any]]) -> dict[str, dict[str, Any] | None]:
     """Dataset path (param ``data.dataset``) -> its manifest, or None when it is gone."""
-    from mdfr.data.manifest import load_manifest
-    from mdfr.errors import DataError
-
     out: dict[str, dict[str, Any] | None] = {}
     for path in sorted({r["params"].get("data.dataset", "") for r in trials} - {""}):
         try:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mdfr import tracking
 from mdfr.errors import UsageError
 
 # Outcome of a trial, from the ``mdfr.status`` tag the trainable / run closer write.
@@ -124,8 +125,6 @@ def load(experiment: str, tracking_uri: str, sweep: str | None = None) -> SweepR
     Raises:
         UsageError: unknown store, experiment or sweep, naming what exists instead.
     """
-    from mdfr import tracking
-
     uri = tracking.resolve_uri(tracking_uri)
     _check_store(uri)
     store = tracking.Store(uri)

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mdfr.config import SETUP_ROWS, SETUPS
+from mdfr.registry import PAPER_BACKBONES
 from mdfr.report import paper as paper_mod
 from mdfr.report.runs import backbone_of, metric, mode_of, outcome, seed_of, setup_of
 from mdfr.report.stats import Paired, Summary, mean_ci, paired, seed_order
@@ -165,8 +166,6 @@ def table1_runs(trials: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str
 
 
 def backbone_order(names: Iterable[str]) -> list[str]:
-    from mdfr.models.backbones import PAPER_BACKBONES
-
     order = {n: i for i, n in enumerate(PAPER_BACKBONES)}
     return sorted(set(names), key=lambda n: (order.get(n, len(order)), n))
 
