@@ -100,8 +100,11 @@ class ModelConfig:
     phase_restore: Bool = True
     """FFR phase restoration through a UNet; off keeps the compressed phase."""
     sfr: Bool = True
-    """Branch switches, for ablations beyond the paper (at least one must stay on)."""
+    """The SFR branch (spatial restoration UNet); off only for ablations beyond the paper (one of
+    sfr and ffr stays on)."""
     ffr: Bool = True
+    """The FFR branch (amplitude mask and phase UNet); off only for ablations beyond the paper
+    (one of sfr and ffr stays on)."""
     cmi_trainable: Bool = False
     """Train the CMI network together with MDFRNet (paper: frozen)."""
     identity_start: Bool = True

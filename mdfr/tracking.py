@@ -1,7 +1,7 @@
 """MLflow tracking: the only module that imports mlflow.
 
-Conventions (DESIGN §6): one parent run per sweep (tag ``mdfr.kind=sweep``), one child run per
-trial (``mlflow.parentRunId`` + ``mdfr.kind=trial``), shared pretraining stages as children
+Conventions (docs/architecture.md, "Tracking"): one parent run per sweep (tag
+``mdfr.kind=sweep``), one child run per trial (``mlflow.parentRunId`` + ``mdfr.kind=trial``), shared pretraining stages as children
 with ``mdfr.kind=pretrain``. A trial's child run is found again by its deterministic
 ``mdfr.trial_key`` tag (scoped by the parent run id), so retries and ``mdfr sweep resume``
 reuse it instead of opening a second run — the reason we do not use Ray's

@@ -61,7 +61,9 @@ def timed_trial(
     overhead being measured; only the training itself is replaced by a sleep. Start, end and
     work seconds go to ``<output_dir>/bench_timing.json`` for the driver side to read.
     """
-    start = time.time()  # before the imports: a fresh trial process pays for them here
+    start = time.time()
+    # Lazy: after the clock starts, as the engine's would be: a fresh trial process pays for
+    # its imports inside the trial.
     import numpy as np
 
     from mdfr import checkpoints as ckpt

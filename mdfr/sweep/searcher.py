@@ -90,7 +90,7 @@ class GridOptunaSearcher(Searcher):
         self._live: dict[str, tuple[int, int, int | None]] = {}  # tune id -> cell, sample, number
         self._studies: dict[int, optuna.Study] = {}  # not saved: reopened from storage
         self._study_ids: dict[int, int] = {}
-        self._storage: optuna.storages.RDBStorage | None = None
+        self._optuna_storage: optuna.storages.RDBStorage | None = None
         self._slots: list[tuple[Cell, int]] | None = None
 
     # ----- slots
@@ -183,15 +183,15 @@ class GridOptunaSearcher(Searcher):
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles the searcher into tuner.pkl; open studies hold database connections.
         state = dict(self.__dict__)
-        state.update(_studies={}, _study_ids={}, _storage=None)
+        state.update(_studies={}, _study_ids={}, _optuna_storage=None)
         return state
 
     # ----- Optuna
 
     def _rdb(self) -> optuna.storages.RDBStorage:
-        if self._storage is None:
-            self._storage = optuna.storages.RDBStorage(self.study_storage)
-        return self._storage
+        if self._optuna_storage is None:
+            self._optuna_storage = optuna.storages.RDBStorage(self.study_storage)
+        return self._optuna_storage
 
     def _study(self, cell: Cell) -> optuna.Study:
         if cell.index not in self._studies:
