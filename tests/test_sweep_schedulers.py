@@ -27,7 +27,7 @@ class _Trial:
 
 def _epoch_one(scheduler, trials_and_values):
     actions = {}
-    for trial, value in trials_and_values:
+    for trial, _ in trials_and_values:
         scheduler.on_trial_add(None, trial)
     for trial, value in trials_and_values:
         result = {"epoch": 1, "val/acc_restored": value}
