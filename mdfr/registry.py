@@ -90,6 +90,7 @@ BUILTIN_BACKBONES: tuple[str, ...] = (
     "remnet",
     "res2net50",
     "resnet50",
+    "small_remnet",
     "test_dpec_convnext",
     "test_mobilenet",
     "test_remnet",
