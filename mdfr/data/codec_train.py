@@ -201,15 +201,7 @@ def train_codec(
     n, m = cfg.resolved_channels()
     net = build_model(cfg.arch, n, m).to(device).train()
     criterion = RateDistortionLoss(lmbda=cfg.lmbda)
-    # As in CompressAI's train.py: the quantiles only get the aux loss, everything else the
-    # rate-distortion loss.
-    params = dict(net.named_parameters())
-    main_names = sorted(
-        k for k, p in params.items() if p.requires_grad and not k.endswith(".quantiles")
-    )
-    aux_names = sorted(k for k, p in params.items() if p.requires_grad and k.endswith(".quantiles"))
-    optimizer = torch.optim.Adam([params[k] for k in main_names], lr=cfg.lr)
-    aux_optimizer = torch.optim.Adam([params[k] for k in aux_names], lr=cfg.aux_lr)
+    optimizer, aux_optimizer = _optimizers(net, cfg)
 
     history: list[tuple[float, float, float, float]] = []
     start = time.perf_counter()
@@ -225,21 +217,8 @@ def train_codec(
         x = pool_t[idx].to(device).float().div_(255.0)
         if rng.random() < 0.5:  # one flip per batch keeps rng use fixed per step
             x = x.flip(-1)
-        optimizer.zero_grad()
-        aux_optimizer.zero_grad()
-        out_net = net(x)
-        losses = criterion(out_net, x)
-        losses["loss"].backward()
-        if cfg.clip_max_norm > 0:
-            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.clip_max_norm)
-        optimizer.step()
-        aux_loss = net.aux_loss()
-        aux_loss.backward()
-        aux_optimizer.step()
-        loss, bpp, mse = (float(losses[k].detach()) for k in ("loss", "bpp_loss", "mse_loss"))
-        if not math.isfinite(loss):
-            raise DataError(f"codec training diverged (loss {loss}); lower --lr or --lmbda")
-        history.append((loss, bpp, mse, float(aux_loss.detach())))
+        history.append(_step(net, x, criterion, optimizer, aux_optimizer, cfg.clip_max_norm))
+        loss, bpp, mse, _ = history[-1]
         bar.set_postfix(loss=f"{loss:.3f}", bpp=f"{bpp:.3f}", psnr=f"{mse_psnr(mse):.1f}")
     bar.close()
 
@@ -263,6 +242,44 @@ def train_codec(
     stats.update(evaluate_codec(codec, sample, peaks=False))
     save_checkpoint(out, net, cfg, (n, m), stats, images)
     return stats
+
+
+def _optimizers(net: Any, cfg: CodecTrainConfig) -> tuple[Any, Any]:
+    """As in CompressAI's train.py: the quantiles only get the aux loss, everything else the
+    rate-distortion loss."""
+    import torch
+
+    params = dict(net.named_parameters())
+    main_names = sorted(
+        k for k, p in params.items() if p.requires_grad and not k.endswith(".quantiles")
+    )
+    aux_names = sorted(k for k, p in params.items() if p.requires_grad and k.endswith(".quantiles"))
+    optimizer = torch.optim.Adam([params[k] for k in main_names], lr=cfg.lr)
+    aux_optimizer = torch.optim.Adam([params[k] for k in aux_names], lr=cfg.aux_lr)
+    return optimizer, aux_optimizer
+
+
+def _step(
+    net: Any, x: Any, criterion: Any, optimizer: Any, aux_optimizer: Any, clip_max_norm: float
+) -> tuple[float, float, float, float]:
+    """One rate-distortion step and one aux step: (loss, bpp, mse, aux loss)."""
+    import torch
+
+    optimizer.zero_grad()
+    aux_optimizer.zero_grad()
+    out_net = net(x)
+    losses = criterion(out_net, x)
+    losses["loss"].backward()
+    if clip_max_norm > 0:
+        torch.nn.utils.clip_grad_norm_(net.parameters(), clip_max_norm)
+    optimizer.step()
+    aux_loss = net.aux_loss()
+    aux_loss.backward()
+    aux_optimizer.step()
+    loss, bpp, mse = (float(losses[k].detach()) for k in ("loss", "bpp_loss", "mse_loss"))
+    if not math.isfinite(loss):
+        raise DataError(f"codec training diverged (loss {loss}); lower --lr or --lmbda")
+    return loss, bpp, mse, float(aux_loss.detach())
 
 
 def save_checkpoint(
