@@ -28,12 +28,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mdfr.errors import ConfigError, MdfrError
+from mdfr.names import Kind, Tag
 
 T = TypeVar("T")
 
-KIND_SWEEP = "sweep"
-KIND_TRIAL = "trial"
-KIND_PRETRAIN = "pretrain"
 _LOCK_RETRY_S = 60.0
 
 
@@ -337,8 +335,8 @@ class Store:
         sweep_id = hashlib.sha1(str(sweep_dir).encode()).hexdigest()[:16]
         run_id, _ = self.ensure_run(
             exp_id,
-            {"mdfr.kind": KIND_SWEEP, "mdfr.sweep_id": sweep_id},
-            {"mdfr.sweep": sweep, "mdfr.sweep_dir": str(sweep_dir), **(tags or {})},
+            {Tag.KIND: Kind.SWEEP, Tag.SWEEP_ID: sweep_id},
+            {Tag.SWEEP: sweep, Tag.SWEEP_DIR: str(sweep_dir), **(tags or {})},
             name=Path(sweep_dir).name,
         )
         return exp_id, run_id
@@ -349,7 +347,7 @@ class Store:
         parent_run_id: str,
         trial_key: str,
         tags: dict[str, str] | None = None,
-        kind: str = KIND_TRIAL,
+        kind: str = Kind.TRIAL,
         reopen: bool = False,
     ) -> tuple[str, bool]:
         """The one child run of ``trial_key`` under ``parent_run_id``; created on first call.
@@ -362,8 +360,8 @@ class Store:
         """
         return self.ensure_run(
             experiment_id,
-            {"mlflow.parentRunId": parent_run_id, "mdfr.trial_key": trial_key},
-            {"mdfr.kind": kind, **(tags or {})},
+            {Tag.MLFLOW_PARENT: parent_run_id, Tag.TRIAL_KEY: trial_key},
+            {Tag.KIND: kind, **(tags or {})},
             name=trial_key,
             reopen=reopen,
         )
@@ -375,7 +373,7 @@ class Store:
     def finish(self, run_id: str, status: str = "FINISHED", mdfr_status: str | None = None) -> None:
         """Close a run (MLflow status) and record the trial outcome in ``mdfr.status``."""
         if mdfr_status:
-            _retry(self.client.set_tag, run_id, "mdfr.status", mdfr_status)
+            _retry(self.client.set_tag, run_id, Tag.STATUS, mdfr_status)
         _retry(self.client.set_terminated, run_id, status)
 
     def tracker(self, run_id: str) -> Tracker:
@@ -441,7 +439,7 @@ def _run_dict(store: Store, run: Any, histories: bool) -> dict[str, Any]:
         "status": run.info.status,
         "start_time": run.info.start_time,
         "end_time": run.info.end_time,
-        "parent_run_id": run.data.tags.get("mlflow.parentRunId"),
+        "parent_run_id": run.data.tags.get(Tag.MLFLOW_PARENT),
         "params": dict(run.data.params),
         "metrics": dict(run.data.metrics),
         "tags": dict(run.data.tags),
@@ -463,7 +461,7 @@ def fetch_sweep_runs(
     *,
     sweep: str | None = None,
     parent_run_id: str | None = None,
-    kind: str | None = KIND_TRIAL,
+    kind: str | None = Kind.TRIAL,
     histories: bool = False,
 ) -> list[dict[str, Any]]:
     """Runs of an experiment as plain dicts, for reports.
@@ -487,11 +485,11 @@ def fetch_sweep_runs(
         return []
     clauses = []
     if kind:
-        clauses.append(f"tags.`mdfr.kind` = {_q(kind)}")
+        clauses.append(f"tags.`{Tag.KIND}` = {_q(kind)}")
     if sweep:
-        clauses.append(f"tags.`mdfr.sweep` = {_q(sweep)}")
+        clauses.append(f"tags.`{Tag.SWEEP}` = {_q(sweep)}")
     if parent_run_id:
-        clauses.append(f"tags.`mlflow.parentRunId` = {_q(parent_run_id)}")
+        clauses.append(f"tags.`{Tag.MLFLOW_PARENT}` = {_q(parent_run_id)}")
     out: list[dict[str, Any]] = []
     token = None
     while True:

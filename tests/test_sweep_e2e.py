@@ -24,7 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from mdfr.sweep.spec import EPOCH_METRICS, load_sweep
+from mdfr.names import EPOCH_METRICS
+from mdfr.sweep.spec import load_sweep
 
 pytestmark = pytest.mark.slow
 

@@ -22,6 +22,7 @@ from typing import Any
 from mdfr import __version__, tracking
 from mdfr.config import SETUP_ROWS
 from mdfr.errors import UsageError
+from mdfr.names import acc_metric
 from mdfr.report import claims, export, facts, figures, html, search, tables
 from mdfr.report import paper as paper_mod
 from mdfr.report import runs as runs_mod
@@ -359,7 +360,7 @@ def _representative(
     ]
     rows.append(
         ["all", str(int(counts[views[0]].sum()))]
-        + [fmt(_pct(metric(run, f"test/acc_{v}"))) for v in views]
+        + [fmt(_pct(metric(run, acc_metric("test", v)))) for v in views]
     )
     doc.add(Table(["camera model", "test patches", *[f"{v}, %" for v in views]], rows))
     doc.add(
@@ -469,7 +470,7 @@ def _trial_list(doc: Document, sw: SweepRuns) -> None:
                 outcome(r),
                 fmt(_pct(metric(r, tables.SELECT_METRIC))),
             ]
-            + [fmt(_pct(metric(r, f"test/acc_{v}"))) for v in tables.VIEWS]
+            + [fmt(_pct(metric(r, acc_metric("test", v)))) for v in tables.VIEWS]
         )
     doc.add(
         Table(
