@@ -1,4 +1,4 @@
-"""One trial, as a pure function: ``train_trial(cfg) -> metrics``.
+"""One trial, as a pure function: ``train_trial(cfg) -> TrialResult``.
 
 Ray calls it from a sweep, ``mdfr train`` calls it by hand; it imports neither Ray nor MLflow.
 Progress leaves through two optional callables: ``report(metrics, checkpoint_dir)`` once per
@@ -11,8 +11,9 @@ Modes (``cfg.mode``):
     mdfr      MDFRNet in front of the pretrained CMI network (frozen unless
               ``model.cmi_trainable``), trained with λ1·L_spa − λ2·L_freq + λ3·L_CMI.
 
-Test metrics, all on the test split (each ``acc_*`` also as ``bacc_*``, balanced accuracy:
-the mean per-class recall, which class imbalance cannot inflate):
+Test accuracies (``TrialResult.accuracy``; ``test/<key>`` as metrics), all on the test split
+(each ``acc_*`` also as ``bacc_*``, balanced accuracy: the mean per-class recall, which class
+imbalance cannot inflate):
     acc_original    the CMI network the trial started from (pretrain: the one it trained) on
                     original patches — Table I column 1;
     acc_compressed  the same network on AI-compressed patches — Table I column 2;
