@@ -139,9 +139,10 @@ def _field_type(cls: Any, loc: tuple[Any, ...]) -> Any:
         tp = _unwrap(tp)
         fields = getattr(tp, "__pydantic_fields__", None)
         if fields is not None:
-            if part not in fields:
+            by_key = {info.alias or name: info for name, info in fields.items()}
+            if part not in by_key:
                 return None
-            tp = fields[part].annotation
+            tp = by_key[part].annotation
             continue
         origin = typing.get_origin(tp)
         if origin in (dict, list, tuple) and typing.get_args(tp):
@@ -167,8 +168,9 @@ def _unwrap(tp: Any) -> Any:
 
 
 def field_names(cls: Any) -> list[str]:
-    """The keys a config/sweep-file dataclass accepts."""
-    return list(getattr(cls, "__pydantic_fields__", {}) or {})
+    """The keys a config/sweep-file dataclass accepts (as written: aliases where set)."""
+    fields = getattr(cls, "__pydantic_fields__", {}) or {}
+    return [info.alias or name for name, info in fields.items()]
 
 
 _UNKNOWN = ("extra_forbidden", "unexpected_keyword_argument")

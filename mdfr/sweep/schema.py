@@ -15,9 +15,9 @@ holds the rules that span sections (max_t against the epochs, metrics every cell
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import BeforeValidator, Field, field_validator
 from pydantic.dataclasses import dataclass
 
 from mdfr import names
@@ -153,6 +153,12 @@ class SearchRange:
     """Sample float/int ranges on a log scale (both ends > 0)."""
 
 
+def _mapping_or_bool(value: Any) -> Any:
+    if value is not None and not isinstance(value, dict | bool):
+        raise ValueError(f"expected a mapping (a partial TrialConfig) or false, got {value!r}")
+    return value
+
+
 @dataclass(frozen=True, config=CONFIG)
 class SweepFile:
     """A sweep file as written (every section but ``name`` is optional)."""
@@ -191,7 +197,7 @@ class SweepFile:
     file://) are refused: MLflow 3.17 cannot use them."""
     prepare: PrepareSpec | None = None
     """Prepare the dataset before any trial (see prepare.*); or set base.data.dataset."""
-    pretrain: dict[str, Any] | Bool | None = None
+    pretrain: Annotated[dict[str, Any] | Bool | None, BeforeValidator(_mapping_or_bool)] = None
     """The shared CMI pretraining stage: a partial TrialConfig over its own recipe (Adam,
     cosine; mdfr.sweep.plan.PRETRAIN_RECIPE), or false to give base.model.cmi_checkpoint
     instead."""
