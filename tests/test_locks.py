@@ -14,7 +14,7 @@ import time
 import pytest
 
 from mdfr.cli import main
-from mdfr.locks import LOCK_FILE, FolderLock, LockedError
+from mdfr.locks import LOCK_FILE, FolderLock, LockedError, folder_lock
 
 HOLD = textwrap.dedent(
     """
@@ -91,7 +91,8 @@ def test_waiting_for_the_holder(tmp_path):
     finally:
         proc.kill()
         proc.wait()
-    assert FolderLock(tmp_path).acquire(timeout_s=5).held
+    with folder_lock(tmp_path, "cache entry", timeout_s=5) as lock:
+        assert lock.held
 
 
 def test_resume_of_a_sweep_another_driver_runs_exits_1_naming_it(tmp_path, capsys):
