@@ -25,6 +25,7 @@ from mdfr.bench.machine import bf16_peak_tflops
 from mdfr.bench.step import VARIANTS, StepRunner, StepSetup, flops_per_patch
 from mdfr.bench.sweep import TIMING_FILE, bench_plan, read_timings
 from mdfr.errors import MdfrError
+from mdfr.names import EPOCH, TRAIN_PATCHES_PER_S, VAL_ACC
 from mdfr.sweep.driver import run_sweep
 
 
@@ -98,7 +99,7 @@ def packing_trial(
     out = Path(cfg.output_dir)
     r = packing_work(setup, variant, seconds, barrier, k, out.name, device)
     (out / TIMING_FILE).write_text(json.dumps(r))
-    metrics = {"epoch": 1, "val/acc": 0.0, "train/patches_per_s": r["patches_per_s"]}
+    metrics = {EPOCH: 1, VAL_ACC: 0.0, TRAIN_PATCHES_PER_S: r["patches_per_s"]}
     if report is not None:
         report(metrics, None)
     return {"status": "ok", "acc_original": 0.0, "epochs": 1}

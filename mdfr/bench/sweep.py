@@ -38,6 +38,7 @@ from typing import Any
 
 from mdfr.bench.machine import envelope, load_average
 from mdfr.errors import MdfrError, UsageError
+from mdfr.names import EPOCH, EPOCH_TIME, TRAIN_LOSS, VAL_ACC, Tag
 
 TIMING_FILE = "bench_timing.json"
 
@@ -72,7 +73,7 @@ def timed_trial(
     process_start = _process_start()
     if tracker is not None:
         tracker.log_params(cfg.to_flat_dict())
-        tracker.set_tags({"mdfr.mode": cfg.mode, "mdfr.seed": str(cfg.seed), "mdfr.bench": "1"})
+        tracker.set_tags({Tag.MODE: cfg.mode, Tag.SEED: str(cfg.seed), Tag.BENCH: "1"})
     state_dir = out / "checkpoint"
     payload = np.zeros(checkpoint_kb * 256, dtype=np.float32)  # checkpoint_kb KiB
     epochs = cfg.train.epochs
@@ -84,10 +85,10 @@ def timed_trial(
             state_dir / ckpt.STATE_FILE,
         )
         metrics = {
-            "epoch": epoch + 1,
-            "val/acc": 0.5,
-            "train/loss": 1.0,
-            "time/epoch_s": time.perf_counter() - t0,
+            EPOCH: epoch + 1,
+            VAL_ACC: 0.5,
+            TRAIN_LOSS: 1.0,
+            EPOCH_TIME: time.perf_counter() - t0,
         }
         if tracker is not None:
             tracker.log_metrics({k: float(v) for k, v in metrics.items()}, step=epoch + 1)
