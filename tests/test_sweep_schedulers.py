@@ -78,3 +78,30 @@ def test_a_cell_with_one_trial_is_never_stopped():
 def test_fifo_is_tunes_default():
     assert make_scheduler(SchedulerSpec()) is None
     assert isinstance(make_scheduler(SPEC), PerCellASHA)
+
+
+def test_progress_lines_name_each_trials_outcome(capsys):
+    """The console progress (a Tune Callback): outcomes as trials end, a status line."""
+    from mdfr.sweep.progress import ProgressPrinter
+
+    class T(_Trial):
+        def __init__(self, trial_id, cell, status, last_result, error_file=None):
+            super().__init__(trial_id, cell)
+            self.status, self.last_result, self.error_file = status, last_result, error_file
+
+    done = T("000-proposed-n0", 0, "TERMINATED", {"epoch": 2, "val/acc": 0.5, "mdfr/final": True})
+    cut = T("001-backbone-n0", 1, "TERMINATED", {"epoch": 1, "val/acc": 0.2})
+    bad = T("002-wo_at-n0", 2, "ERROR", {}, error_file="/x/error.txt")
+    running = T("003-wo_res-n0", 3, "RUNNING", {})
+    p = ProgressPrinter("val/acc", total=4, verbose=1, every_s=0)
+    trials = [done, cut, bad, running]
+    p.on_trial_result(0, trials, running, {"epoch": 1, "val/acc": 0.3})
+    p.on_trial_complete(0, trials, done)
+    p.on_trial_complete(0, trials, cut)
+    p.on_trial_error(0, trials, bad)
+    p.on_experiment_end(trials)
+    out = capsys.readouterr().out
+    assert "000-proposed-n0: ok at epoch 2 val/acc=0.5000" in out
+    assert "001-backbone-n0: pruned at epoch 1 val/acc=0.2000" in out
+    assert "002-wo_at-n0: failed (/x/error.txt)" in out
+    assert "3/4 trials done (1 failed, 1 ok, 1 pruned); 1 running; 003-wo_res-n0 epoch 1" in out
