@@ -100,6 +100,8 @@ def _zoo_table_arch(arch: str) -> str:
 def downsampling_factor(arch: str) -> int:
     """Total stride of the model: 16 for the factorized prior, 64 with a hyperprior, 4 or 8
     for our shallow factorized priors."""
+    # Lazy: codec_models imports CompressAI and torch, which this module loads only when a
+    # codec is built or trained (`mdfr codec --help`, JPEG-only datasets never need them).
     from mdfr.data.codec_models import SHALLOW
 
     if arch in SHALLOW:
@@ -110,6 +112,7 @@ def downsampling_factor(arch: str) -> int:
 def build_model(arch: str, n: int, m: int) -> Any:
     """A fresh model of ``arch`` (CompressAI's zoo classes, or ours) with ``n``/``m``
     channels."""
+    # Lazy: CompressAI and torch, as in downsampling_factor.
     from compressai.zoo.image import model_architectures
 
     from mdfr.data.codec_models import SHALLOW, build_shallow
