@@ -23,17 +23,13 @@ import sys
 def main() -> None:
     """Run Ray's CLI (``ray start ...``) with loopback addresses kept as loopback."""
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # before Ray is imported: children
-    from ray._private import ray_constants, services
+    # Ray's private services API, isolated (and checked on every upgrade) in mdfr.
     from ray.scripts.scripts import main as ray_main
 
-    resolve = services.resolve_ip_for_localhost
+    from mdfr.sweep.ray_private import keep_loopback_addresses
 
-    def keep_loopback(host: str) -> str:
-        return services.get_localhost_ip() if services.is_localhost(host) else resolve(host)
-
-    services.resolve_ip_for_localhost = keep_loopback
     # Multi-node is what we want; with addresses no longer swapped, it stays on loopback.
-    ray_constants.ENABLE_RAY_CLUSTER = True
+    keep_loopback_addresses()
     sys.argv[0] = "ray"
     ray_main()
 

@@ -1,9 +1,12 @@
 """Typed, frozen configuration for one trial.
 
 A trial is fully described by a :class:`TrialConfig`. Config files (YAML) and sweep files are
-parsed with :func:`from_dict`, which rejects unknown keys and wrong types with a message naming
-the dotted path, the value and what is allowed. Defaults are the paper's settings (RMSprop,
-lr 2e-4, weight decay 1e-5, λ = 0.6/0.5/0.8, 64×64 patches).
+parsed with :func:`from_dict`, which rejects unknown keys, wrong types and non-finite or
+out-of-range numbers with a message naming the dotted path, the value and what is allowed
+(the declarative layer of :mod:`mdfr.validation`: field types, ``Field`` bounds and ``Literal``
+choices here; the one rule that spans fields in :func:`_check`). Defaults are the paper's
+settings (RMSprop, lr 2e-4, weight decay 1e-5, λ = 0.6/0.5/0.8, 64×64 patches). Each field's
+docstring says what it does and why; ``docs/sweep-files.md`` is generated from them.
 
 Table II setups are named bundles of overrides (:data:`SETUPS`), so a sweep axis ``setup`` and a
 hand-written config mean exactly the same thing.
@@ -12,138 +15,189 @@ hand-written config mean exactly the same thing.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
-import types
-import typing
-from dataclasses import dataclass, field
+import re
+from dataclasses import field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
+from pydantic import Field, field_validator
+from pydantic.dataclasses import dataclass
 
+from mdfr.devices import DEVICE_HELP, DEVICE_PATTERN
 from mdfr.errors import ConfigError
+from mdfr.validation import (
+    CONFIG,
+    Bool,
+    Float,
+    Int,
+    Str,
+    did_you_mean,
+    parse_override,
+    read_yaml_mapping,
+    unknown,
+    validate,
+)
 
 Mode = Literal["pretrain", "finetune", "mdfr"]
 PhaseLoss = Literal["flatness", "wrapped"]
 Pooling = Literal["dual", "max", "avg"]
 
+__all__ = [
+    "SETUPS",
+    "SETUP_ROWS",
+    "DataConfig",
+    "LossConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "TrainConfig",
+    "TrialConfig",
+    "deep_merge",
+    "field_paths",
+    "flatten",
+    "from_dict",
+    "load_yaml",
+    "parse_override",
+    "read_yaml_mapping",
+    "setup_overrides",
+    "unflatten",
+]
 
-def _bounded(
-    default: Any, lo: float | None = None, hi: float | None = None, *, open_lo: bool = False
-) -> Any:
-    """A dataclass field with numeric bounds that :func:`from_dict` enforces."""
-    return field(default=default, metadata={"lo": lo, "hi": hi, "open_lo": open_lo})
 
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=CONFIG)
 class DataConfig:
-    # Prepared dataset folder (holds manifest.json, shards and the amplitude template);
-    # relative paths are resolved against the current directory when the trial starts.
-    dataset: str = "results/data/synth"
-    # Patches per optimisation step.
-    batch_size: int = _bounded(64, 1)
-    # DataLoader worker processes; 0 loads in the training process (best for tiny CPU runs).
-    num_workers: int = _bounded(0, 0)
-    # Use at most this many training patches (0 = all); for smoke runs and benchmarks.
-    limit_train: int = _bounded(0, 0)
-    # Use at most this many validation/test patches each (0 = all).
-    limit_eval: int = _bounded(0, 0)
+    dataset: Str = "results/data/synth"
+    """Prepared dataset folder (holds manifest.json, shards and the amplitude template); relative
+    paths are resolved against the current directory when the trial starts.
+    """
+    batch_size: Int = Field(64, ge=1)
+    """Patches per optimisation step."""
+    num_workers: Int = Field(0, ge=0)
+    """DataLoader worker processes; 0 loads in the training process (best for tiny CPU runs)."""
+    limit_train: Int = Field(0, ge=0)
+    """Use at most this many training patches (0 = all); for smoke runs and benchmarks."""
+    limit_eval: Int = Field(0, ge=0)
+    """Use at most this many validation/test patches each (0 = all)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=CONFIG)
 class ModelConfig:
-    # CMI network (Table I): remnet, res2net50, resnet50, mobilenet, dpec_convnext, or a
-    # registered test_* variant. `mdfr train --help` / `mdfr.models.backbone_names()` list them.
-    backbone: str = "dpec_convnext"
-    # Load timm's ImageNet weights for the backbone (must already be in the local cache).
-    pretrained: bool = False
-    # Base width of the SFR and phase UNets (paper: 64); tests use 8.
-    width: int = _bounded(64, 1)
-    # Encoder stages of each UNet (paper: 4); 64 / 2**depth must stay >= 1.
-    depth: int = _bounded(4, 1, 6)
-    # FFR amplitude restoration A' = max(A - M, 0) with the dataset's average increment M.
-    amplitude_mask: bool = True
-    # FFS channel-attention pooling: dual-pooling cross fusion, or a single pooling path.
+    backbone: Str = "dpec_convnext"
+    """CMI network (Table I): remnet, res2net50, resnet50, mobilenet, dpec_convnext, or a registered
+    test_* variant. `mdfr train --help` / `mdfr.models.backbone_names()` list them.
+    """
+    pretrained: Bool = False
+    """Load timm's ImageNet weights for the backbone (must already be in the local cache)."""
+    width: Int = Field(64, ge=1)
+    """Base width of the SFR and phase UNets (paper: 64); tests use 8."""
+    depth: Int = Field(4, ge=1, le=6)
+    """Encoder stages of each UNet (paper: 4); 64 / 2**depth must stay >= 1."""
+    amplitude_mask: Bool = True
+    """FFR amplitude restoration A' = max(A - M, 0) with the dataset's average increment M."""
     pooling: Pooling = "dual"
-    # FFR phase restoration through a UNet; off keeps the compressed phase.
-    phase_restore: bool = True
-    # Branch switches, for ablations beyond the paper (at least one must stay on).
-    sfr: bool = True
-    ffr: bool = True
-    # Train the CMI network together with MDFRNet (paper: frozen).
-    cmi_trainable: bool = False
-    # Start at the identity: zero-initialised output convs and restored = x + FFS(...), so an
-    # untrained MDFRNet returns its input (our reading; false = the paper's literal wiring).
-    identity_start: bool = True
-    # Pretrained CMI checkpoint for mode finetune/mdfr; "" lets the sweep driver supply the
-    # one it pretrains (cached by content hash).
-    cmi_checkpoint: str = ""
+    """FFS channel-attention pooling: dual-pooling cross fusion, or a single pooling path."""
+    phase_restore: Bool = True
+    """FFR phase restoration through a UNet; off keeps the compressed phase."""
+    sfr: Bool = True
+    """The SFR branch (spatial restoration UNet); off only for ablations beyond the paper (one of
+    sfr and ffr stays on)."""
+    ffr: Bool = True
+    """The FFR branch (amplitude mask and phase UNet); off only for ablations beyond the paper
+    (one of sfr and ffr stays on)."""
+    cmi_trainable: Bool = False
+    """Train the CMI network together with MDFRNet (paper: frozen)."""
+    identity_start: Bool = True
+    """Start at the identity: zero-initialised output convs and restored = x + FFS(...), so an
+    untrained MDFRNet returns its input (our reading; false = the paper's literal wiring).
+    """
+    cmi_checkpoint: Str = ""
+    """Pretrained CMI checkpoint for mode finetune/mdfr; "" lets the sweep driver supply the one it
+    pretrains (cached by content hash).
+    """
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=CONFIG)
 class LossConfig:
-    # λ1: weight of the spatial MSE between SFR output and the original patch.
-    lambda_spa: float = _bounded(0.6, 0.0)
-    # λ2: weight of the phase term: the paper's flatness log(S_GM/S_AM) (subtracted: it is
-    # <= 0), or our wrapped distance (added: it is >= 0), as `phase_loss` says.
-    lambda_freq: float = _bounded(0.5, 0.0)
-    # Phase term: "flatness" = the paper's log(S_GM/S_AM), which rewards a *flat* error
-    # spectrum, not a small one; "wrapped" = amplitude-weighted 1 - cos(P_ori - P'), which is
-    # 0 only for the right phase and blind to 2π wraps (our improvement; see mdfr.losses).
+    lambda_spa: Float = Field(0.6, ge=0.0)
+    """λ1: weight of the spatial MSE between SFR output and the original patch."""
+    lambda_freq: Float = Field(0.5, ge=0.0)
+    """λ2: weight of the phase term: the paper's flatness log(S_GM/S_AM) (subtracted: it is <= 0),
+    or our wrapped distance (added: it is >= 0), as `phase_loss` says.
+    """
     phase_loss: PhaseLoss = "flatness"
-    # λ3: weight of the CMI cross-entropy on the restored patch.
-    lambda_cmi: float = _bounded(0.8, 0.0)
-    # Guards the logs of the phase flatness term against zero spectra.
-    eps: float = _bounded(1e-8, 0.0, open_lo=True)
+    """Phase term: "flatness" = the paper's log(S_GM/S_AM), which rewards a *flat* error spectrum,
+    not a small one; "wrapped" = amplitude-weighted 1 - cos(P_ori - P'), which is 0 only for the
+    right phase and blind to 2π wraps (our improvement; see mdfr.losses).
+    """
+    lambda_cmi: Float = Field(0.8, ge=0.0)
+    """λ3: weight of the CMI cross-entropy on the restored patch."""
+    eps: Float = Field(1e-8, gt=0.0)
+    """Guards the logs of the phase flatness term against zero spectra."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=CONFIG)
 class OptimConfig:
-    # Optimiser (paper: RMSprop).
     name: Literal["rmsprop", "adam", "adamw", "sgd"] = "rmsprop"
-    # Initial learning rate (paper: 2e-4).
-    lr: float = _bounded(2e-4, 0.0, open_lo=True)
-    # L2 weight decay (paper: 1e-5).
-    weight_decay: float = _bounded(1e-5, 0.0)
-    # Learning-rate schedule over epochs ("none" = constant, as in the paper).
+    """Optimiser (paper: RMSprop)."""
+    lr: Float = Field(2e-4, gt=0.0)
+    """Initial learning rate (paper: 2e-4)."""
+    weight_decay: Float = Field(1e-5, ge=0.0)
+    """L2 weight decay (paper: 1e-5)."""
     scheduler: Literal["none", "cosine"] = "none"
+    """Learning-rate schedule over epochs ("none" = constant, as in the paper)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=CONFIG)
 class TrainConfig:
-    # Training epochs over the (possibly limited) training split.
-    epochs: int = _bounded(30, 1)
-    # "auto" picks CUDA when available, else CPU.
-    device: str = "auto"
-    # Mixed precision on CUDA; the FFT always runs in fp32.
+    epochs: Int = Field(30, ge=1)
+    """Training epochs over the (possibly limited) training split."""
+    device: Str = "auto"
+    """auto (CUDA when available, else CPU), cpu, cuda or cuda:<index>."""
     amp: Literal["none", "bf16"] = "none"
-    # Store activations channels-last (faster convolutions on tensor cores).
-    channels_last: bool = False
-    # Wrap the model in torch.compile.
-    compile: bool = False
-    # Stop each epoch after this many steps (0 = full epoch); for smoke runs.
-    max_steps_per_epoch: int = _bounded(0, 0)
-    # Torch intra-op threads (0 = torch's default); Ray sets this from the trial's CPUs.
-    threads: int = _bounded(0, 0)
+    """Mixed precision on CUDA; the FFT always runs in fp32."""
+    channels_last: Bool = False
+    """Store activations channels-last (faster convolutions on tensor cores)."""
+    compile: Bool = False
+    """Wrap the model in torch.compile."""
+    max_steps_per_epoch: Int = Field(0, ge=0)
+    """Stop each epoch after this many steps (0 = full epoch); for smoke runs."""
+    threads: Int = Field(0, ge=0)
+    """Torch intra-op threads (0 = torch's default); Ray sets this from the trial's CPUs."""
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not re.match(DEVICE_PATTERN, value):
+            raise ValueError(f"expected {DEVICE_HELP}, got {value!r}")
+        return value
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=CONFIG)
 class TrialConfig:
-    # pretrain: CMI net on originals; finetune: Table II #1; mdfr: MDFRNet before the CMI net.
     mode: Mode = "mdfr"
-    # Seeds Python, NumPy and torch; the same seed and config give the same metrics on CPU.
-    seed: int = _bounded(0, 0)
-    # Table II label this trial stands for ("" when not part of Table II); see SETUPS.
-    setup: str = ""
+    """pretrain: CMI net on originals; finetune: Table II #1; mdfr: MDFRNet before the CMI net."""
+    seed: Int = Field(0, ge=0)
+    """Seeds Python, NumPy and torch; the same seed and config give the same metrics on CPU."""
+    setup: Str = ""
+    """Table II label this trial stands for ("" when not part of Table II); see SETUPS."""
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    # Where the trial writes checkpoints and artifacts ("" = a fresh folder under results/runs).
-    output_dir: str = ""
+    output_dir: Str = ""
+    """Where the trial writes checkpoints and artifacts ("" = a fresh folder under results/runs)."""
+
+    @field_validator("setup")
+    @classmethod
+    def _setup(cls, value: str) -> str:
+        if value and value not in SETUPS:
+            allowed = ", ".join(repr(n) for n in SETUPS)
+            raise ValueError(
+                f"expected '' or one of {allowed}, got {value!r}{did_you_mean(value, SETUPS)}"
+            )
+        return value
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -163,7 +217,7 @@ class TrialConfig:
         merged = flatten(self.to_dict())
         for key, value in dotted.items():
             if key not in merged:
-                _unknown(key, list(merged))
+                raise unknown(key, key, list(merged))
             merged[key] = value
         return from_dict(unflatten(merged))
 
@@ -187,99 +241,20 @@ SETUP_ROWS: dict[str, int] = {name: i + 1 for i, name in enumerate(list(SETUPS)[
 def setup_overrides(name: str, path: str = "setup") -> dict[str, Any]:
     """The dotted overrides of Table II setup ``name`` (plus ``setup`` itself)."""
     if name not in SETUPS:
-        raise ConfigError(path, f"expected one of {_quoted(SETUPS)}, got {name!r}")
+        allowed = ", ".join(repr(n) for n in SETUPS)
+        raise ConfigError(
+            path, f"expected one of {allowed}, got {name!r}{did_you_mean(name, SETUPS)}"
+        )
     return {"setup": name, **SETUPS[name]}
 
 
 # --------------------------------------------------------------------------- parsing
 
 
-def _quoted(names: Any) -> str:
-    return ", ".join(repr(n) for n in names)
-
-
-def _unknown(path: str, allowed: list[str]) -> typing.NoReturn:
-    key = path.rsplit(".", 1)[-1]
-    close = difflib.get_close_matches(key, allowed, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    raise ConfigError(path, f"unknown key{hint}; allowed: {', '.join(sorted(allowed))}")
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp))
-
-
-def _coerce(tp: Any, value: Any, path: str, meta: typing.Mapping[str, Any]) -> Any:
-    """Check ``value`` against the annotation ``tp``; returns the (possibly widened) value."""
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        if value not in choices or isinstance(value, bool) != isinstance(choices[0], bool):
-            raise ConfigError(path, f"expected one of {_quoted(choices)}, got {value!r}")
-        return value
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
-            return None
-        return _coerce(args[0], value, path, meta)
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, path)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(path, f"expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(path, f"expected an integer, got {value!r}")
-    elif tp is float:
-        # PyYAML (YAML 1.1) reads `1e-3` as a string; users write it that way, so accept it.
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(path, f"expected a number, got {value!r}")
-        value = float(value)
-    elif tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(path, f"expected a string, got {value!r}")
-        return value
-    else:  # pragma: no cover - a new field type without a rule here
-        raise TypeError(f"{path}: unsupported config type {_type_name(tp)}")
-    lo, hi = meta.get("lo"), meta.get("hi")
-    if lo is not None and (value <= lo if meta.get("open_lo") else value < lo):
-        op = ">" if meta.get("open_lo") else ">="
-        raise ConfigError(path, f"expected a value {op} {lo}, got {value!r}")
-    if hi is not None and value > hi:
-        raise ConfigError(path, f"expected a value <= {hi}, got {value!r}")
-    return value
-
-
-def _build(cls: type, data: Any, path: str) -> Any:
-    if not isinstance(data, dict):
-        raise ConfigError(path, f"expected a mapping of {cls.__name__} fields, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in data.items():
-        sub = f"{path}.{key}" if path else str(key)
-        if key not in fields:
-            _unknown(sub, list(fields))
-        kwargs[key] = _coerce(hints[key], value, sub, fields[key].metadata)
-    return cls(**kwargs)
-
-
 def _check(cfg: TrialConfig) -> TrialConfig:
-    """Cross-field rules that no single field can express."""
-    if cfg.setup and cfg.setup not in SETUPS:
-        raise ConfigError("setup", f"expected '' or one of {_quoted(SETUPS)}, got {cfg.setup!r}")
+    """The rule that spans fields: no single field can say it."""
     if not (cfg.model.sfr or cfg.model.ffr):
         raise ConfigError("model.sfr", "at least one of model.sfr and model.ffr must be true")
-    if cfg.train.device not in ("auto", "cpu") and not cfg.train.device.startswith("cuda"):
-        raise ConfigError(
-            "train.device", f"expected 'auto', 'cpu' or 'cuda[:N]', got {cfg.train.device!r}"
-        )
     return cfg
 
 
@@ -292,15 +267,17 @@ def from_dict(data: dict[str, Any] | None, source: str | None = None) -> TrialCo
         source: file name to put in error messages.
 
     Raises:
-        ConfigError: unknown key, wrong type or value out of range, naming the dotted path.
+        ConfigError: unknown key, wrong type, non-finite or out-of-range value, naming the
+            dotted path.
     """
     try:
+        if data is not None and not isinstance(data, dict):
+            raise ConfigError("", f"expected a mapping of TrialConfig fields, got {data!r}")
         data = dict(data or {})
         setup = data.get("setup")
-        if setup:
-            base = unflatten(setup_overrides(setup))
-            data = deep_merge(base, data)
-        return _check(_build(TrialConfig, data, ""))
+        if setup and isinstance(setup, str):
+            data = deep_merge(unflatten(setup_overrides(setup)), data)
+        return _check(validate(TrialConfig, data))
     except ConfigError as e:
         if source:
             raise e.with_source(source) from None
@@ -310,43 +287,13 @@ def from_dict(data: dict[str, Any] | None, source: str | None = None) -> TrialCo
 def load_yaml(path: str | Path, overrides: list[str] | None = None) -> TrialConfig:
     """Read a trial config file, apply ``--set`` overrides and validate."""
     data = read_yaml_mapping(path)
-    for item in overrides or []:
-        key, value = parse_override(item)
-        data = deep_merge(data, unflatten({key: value}))
+    try:
+        for item in overrides or []:
+            key, value = parse_override(item)
+            data = deep_merge(data, unflatten({key: value}))
+    except ConfigError as e:
+        raise e.with_source(str(path)) from None
     return from_dict(data, source=str(path))
-
-
-def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
-    """Parse a YAML file that must hold a mapping; errors name the file (and line)."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError("", "file not found", str(p))
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(e, "problem", None) or str(e)
-        raise ConfigError("", f"invalid YAML: {where}{problem}", str(p)) from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(
-            "", f"expected a mapping at the top level, got {type(data).__name__}", str(p)
-        )
-    return data
-
-
-def parse_override(item: str) -> tuple[str, Any]:
-    """``"model.width=8"`` -> ``("model.width", 8)``; values are parsed as YAML scalars."""
-    key, sep, raw = item.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError("", f"override {item!r}: expected dotted.key=value")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    return key.strip(), value
 
 
 # --------------------------------------------------------------------------- dict helpers

@@ -1,4 +1,4 @@
-"""One trial, as a pure function: ``train_trial(cfg) -> metrics``.
+"""One trial, as a pure function: ``train_trial(cfg) -> TrialResult``.
 
 Ray calls it from a sweep, ``mdfr train`` calls it by hand; it imports neither Ray nor MLflow.
 Progress leaves through two optional callables: ``report(metrics, checkpoint_dir)`` once per
@@ -11,8 +11,9 @@ Modes (``cfg.mode``):
     mdfr      MDFRNet in front of the pretrained CMI network (frozen unless
               ``model.cmi_trainable``), trained with λ1·L_spa − λ2·L_freq + λ3·L_CMI.
 
-Test metrics, all on the test split (each ``acc_*`` also as ``bacc_*``, balanced accuracy:
-the mean per-class recall, which class imbalance cannot inflate):
+Test accuracies (``TrialResult.accuracy``; ``test/<key>`` as metrics), all on the test split
+(each ``acc_*`` also as ``bacc_*``, balanced accuracy: the mean per-class recall, which class
+imbalance cannot inflate):
     acc_original    the CMI network the trial started from (pretrain: the one it trained) on
                     original patches — Table I column 1;
     acc_compressed  the same network on AI-compressed patches — Table I column 2;
@@ -26,6 +27,7 @@ the epoch's shuffle seed ``(seed, epoch)``, so a resumed trial follows the unint
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 import time
@@ -38,12 +40,33 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 import yaml
+from tqdm import tqdm
 
 from mdfr import checkpoints as ckpt
 from mdfr import evaluate
 from mdfr.config import TrialConfig
+from mdfr.data.loader import load_amplitude_increment, load_manifest, make_loader
+from mdfr.devices import resolve_device
 from mdfr.errors import UsageError
 from mdfr.hashing import file_sha256
+from mdfr.losses import cmi_cross_entropy, mdfr_loss
+from mdfr.models import create_backbone, create_model
+from mdfr.names import (
+    EPOCH,
+    EPOCH_TIME,
+    STATUS,
+    TRAIN_PATCHES_PER_S,
+    VAL_ACC,
+    VIEWS,
+    Outcome,
+    Tag,
+    primary_view,
+    result_key,
+    train_metric,
+    trial_tags,
+    val_acc,
+)
+from mdfr.results import TrialResult
 
 # Steps between host reads of the loss on CUDA (a read waits for the GPU to drain).
 SYNC_EVERY = 32
@@ -75,14 +98,14 @@ class _Trial:
     baseline: torch.nn.Module | None  # an untouched copy of the starting CMI net for acc_*
     cmi_sha256: str | None
 
+    @property
+    def state_dir(self) -> Path:
+        """Where the resumable training state (``state.pt``) is written after every epoch."""
+        return self.out / "checkpoint"
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        dev = torch.device(name)
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise UsageError(f"train.device: {name!r} requested but CUDA is not available")
+
+def _device(name: str) -> torch.device:
+    dev = torch.device(resolve_device(name, "train.device"))
     if dev.type == "cuda":
         # Fixed 64x64 shapes: let cuDNN pick its fastest kernels once (determinism is a CPU
         # promise; on CUDA the chosen algorithms may differ between runs).
@@ -104,10 +127,7 @@ def default_output_dir(cfg: TrialConfig) -> Path:
 
 
 def _build(cfg: TrialConfig) -> _Trial:
-    from mdfr.data.loader import load_amplitude_increment, load_manifest
-    from mdfr.models import create_backbone, create_model
-
-    device = resolve_device(cfg.train.device)
+    device = _device(cfg.train.device)
     root = Path(cfg.data.dataset).expanduser().resolve()
     manifest = load_manifest(root)
     classes = list(manifest["classes"])
@@ -150,8 +170,6 @@ def _build(cfg: TrialConfig) -> _Trial:
 
 
 def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
-    import copy
-
     twin = copy.deepcopy(model).eval()
     twin.requires_grad_(False)
     return twin
@@ -183,8 +201,6 @@ def _batches(
     t: _Trial, split: str, *, shuffle: bool, epoch: int = 0
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """(original, compressed, label) batches on the device, as float in [0, 1]."""
-    from mdfr.data.loader import make_loader
-
     d = t.cfg.data
     limit = d.limit_train if split == "train" else d.limit_eval
     loader = make_loader(
@@ -218,8 +234,6 @@ def _autocast(t: _Trial):
 
 
 def _loss(t: _Trial, model: torch.nn.Module, ori, comp, label) -> dict[str, torch.Tensor]:
-    from mdfr.losses import cmi_cross_entropy, mdfr_loss
-
     with _autocast(t):
         if t.cfg.mode == "mdfr":
             out = model(comp)
@@ -246,9 +260,7 @@ def _evaluate(t: _Trial, model: torch.nn.Module, split: str) -> dict[str, Any]:
     start = t.baseline if t.baseline is not None else (t.cmi if t.cfg.mode != "pretrain" else model)
     start_fn = _defence(t, start)
     defence_fn = _defence(t, model)
-    pairs: dict[str, tuple[list, list]] = {
-        k: ([], []) for k in ("original", "compressed", "restored")
-    }
+    pairs: dict[str, tuple[list, list]] = {k: ([], []) for k in VIEWS}
     with torch.no_grad():
         for ori, comp, label in _batches(t, split, shuffle=False):
             views = {"original": start_fn(ori), "compressed": start_fn(comp)}
@@ -267,10 +279,6 @@ def _train_mode(t: _Trial) -> None:
         t.cmi.eval()  # a frozen CMI net keeps its BatchNorm statistics too
 
 
-def _primary(mode: str) -> str:
-    return "acc_original" if mode == "pretrain" else "acc_restored"
-
-
 # --------------------------------------------------------------------------- the trial
 
 
@@ -281,7 +289,7 @@ def train_trial(
     checkpoint: str | Path | None = None,
     *,
     progress: bool = False,
-) -> dict[str, Any]:
+) -> TrialResult:
     """Train and evaluate one trial.
 
     Args:
@@ -293,159 +301,174 @@ def train_trial(
         progress: show a progress bar per epoch (for interactive ``mdfr train``).
 
     Returns:
-        ``status`` ("ok" or "diverged"), the test accuracies (see module docstring),
-        ``per_model`` accuracy, confusion-matrix files, ``checkpoint`` (folder of the last
-        state), ``cmi_checkpoint`` (pretrain: the exported network), hashes and timings.
+        The :class:`~mdfr.results.TrialResult`: ``status`` ("ok" or "diverged"), the test
+        accuracies (see module docstring), per-model accuracy, confusion-matrix files, the
+        folder of the last state, ``cmi_checkpoint`` (pretrain/finetune: the exported network).
     """
+    # Set-up: threads, seeds, the networks, the optimiser and its schedule.
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     seed_everything(cfg.seed)
     t = _build(cfg)
-    trainable = [p for p in t.net.parameters() if p.requires_grad]
-    opt = _optimizer(cfg, trainable)
+    opt = _optimizer(cfg, [p for p in t.net.parameters() if p.requires_grad])
     sched = _scheduler(cfg, opt)
     model: torch.nn.Module = torch.compile(t.net) if cfg.train.compile else t.net
-
-    first_epoch = 0
-    if checkpoint is not None:
-        state = ckpt.safe_load(checkpoint)
-        if state.get("cfg_hash") != cfg.hash():
-            raise UsageError(
-                f"checkpoint {checkpoint} belongs to another config (hash {state.get('cfg_hash')})"
-            )
-        t.net.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng_cpu"])
-        if t.device.type == "cuda" and state.get("rng_cuda") is not None:
-            torch.cuda.set_rng_state(state["rng_cuda"], t.device)
-        first_epoch = int(state["epoch"]) + 1
-
+    # A retry or a resumed run continues from its last epoch: weights, optimiser, RNG.
+    first_epoch = 0 if checkpoint is None else _resume(t, opt, sched, checkpoint)
     if tracker is not None:
-        tracker.log_params(cfg.to_flat_dict())
-        tags = {
-            "mdfr.mode": cfg.mode,
-            "mdfr.backbone": cfg.model.backbone,
-            "mdfr.seed": str(cfg.seed),
-            "mdfr.dataset_hash": t.dataset_hash,
-            "mdfr.config_hash": cfg.hash(),
-        }
-        if cfg.setup:
-            tags["mdfr.setup"] = cfg.setup
-        if t.cmi_sha256:
-            tags["mdfr.cmi_sha256"] = t.cmi_sha256
-        tracker.set_tags(tags)
-        cfg_path = t.out / "config.yaml"
-        cfg_path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        tracker.log_artifact(str(cfg_path))
+        _start_tracking(t, tracker)
 
-    status = "ok"
-    sync_every = 1 if t.device.type == "cpu" else SYNC_EVERY
-    state_dir = t.out / "checkpoint"
     history: dict[str, float] = {}
     _train_mode(t)
     for epoch in range(first_epoch, cfg.train.epochs):
-        t0 = time.perf_counter()
-        sums: dict[str, torch.Tensor] = {}
-        steps = seen = 0
-        finite = torch.ones((), dtype=torch.bool, device=t.device)
-        batches = _batches(t, "train", shuffle=True, epoch=epoch)
-        if progress:
-            from tqdm import tqdm
-
-            batches = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False)
-        for ori, comp, label in batches:
-            parts = _loss(t, model, ori, comp, label)
-            loss = parts["loss"]
-            # Reading a CUDA value stalls the pipeline, so the finiteness flag and the loss
-            # sums stay on the device and are read every SYNC_EVERY steps (every step on CPU).
-            finite &= torch.isfinite(loss.detach())
-            if (steps + 1) % sync_every == 0 and not bool(finite):
-                status = "diverged"
-                break
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + v.detach().float()
-            steps += 1
-            seen += len(label)
-            if cfg.train.max_steps_per_epoch and steps >= cfg.train.max_steps_per_epoch:
-                break
-        if status == "ok" and not bool(finite):
-            status = "diverged"
+        metrics, finite = _train_epoch(t, model, opt, epoch, progress)
         sched.step()
-        elapsed = time.perf_counter() - t0
-        metrics: dict[str, Any] = {f"train/{k}": float(v) / max(steps, 1) for k, v in sums.items()}
-        metrics.update(
-            {
-                "epoch": epoch + 1,
-                "time/epoch_s": elapsed,
-                "train/patches_per_s": seen / elapsed if elapsed > 0 else 0.0,
-            }
-        )
-        if status == "diverged":
-            metrics["status"] = "diverged"
-            if tracker is not None:
-                tracker.set_tags({"mdfr.status": "diverged"})
-            if report is not None:
-                report(metrics, None)
-            return {
-                "status": "diverged",
-                "epochs": epoch + 1,
-                "diverged_at_epoch": epoch + 1,
-                "output_dir": str(t.out),
-            }
-        val = _evaluate(t, model, "val")
-        for k, (p, y) in val.items():
-            metrics[f"val/acc_{k}"] = evaluate.accuracy(p, y)
-        metrics["val/acc"] = metrics[f"val/{_primary(cfg.mode)}"]
-        ckpt.atomic_save(
-            {
-                "epoch": epoch,
-                "cfg_hash": cfg.hash(),
-                "model": t.net.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "rng_cpu": torch.get_rng_state(),
-                "rng_cuda": torch.cuda.get_rng_state(t.device) if t.device.type == "cuda" else None,
-            },
-            state_dir / ckpt.STATE_FILE,
-        )
-        numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
-        history = numeric
+        if not finite:
+            # A non-finite loss ends the trial: reported as such, nothing is saved or tested.
+            return _diverged(t, metrics, tracker, report)
+        metrics.update(_validate(t, model))
+        _save_state(t, opt, sched, epoch)
+        history = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
         if tracker is not None:
             tracker.log_metrics(
-                {k: v for k, v in numeric.items() if math.isfinite(v)}, step=epoch + 1
+                {k: v for k, v in history.items() if math.isfinite(v)}, step=epoch + 1
             )
         if report is not None:
-            report(metrics, str(state_dir))
+            report(metrics, str(t.state_dir))
 
-    result = _finish(t, model, tracker)
-    result.update(
+    # The test split: accuracies, confusion matrices, and the network other trials start from.
+    return _finish(t, model, tracker, history)
+
+
+def _resume(
+    t: _Trial,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    checkpoint: str | Path,
+) -> int:
+    """Restore a trial's state from ``checkpoint``; returns the first epoch still to run."""
+    state = ckpt.safe_load(checkpoint)
+    if state.get("cfg_hash") != t.cfg.hash():
+        raise UsageError(
+            f"checkpoint {checkpoint} belongs to another config (hash {state.get('cfg_hash')})"
+        )
+    t.net.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng_cpu"])
+    if t.device.type == "cuda" and state.get("rng_cuda") is not None:
+        torch.cuda.set_rng_state(state["rng_cuda"], t.device)
+    return int(state["epoch"]) + 1
+
+
+def _start_tracking(t: _Trial, tracker: Tracker) -> None:
+    """Params, tags and the resolved config file, once per run."""
+    cfg = t.cfg
+    tracker.log_params(cfg.to_flat_dict())
+    tags = {**trial_tags(cfg, dataset_hash=t.dataset_hash), Tag.CONFIG_HASH: cfg.hash()}
+    if t.cmi_sha256:
+        tags[Tag.CMI_SHA256] = t.cmi_sha256
+    tracker.set_tags(tags)
+    cfg_path = t.out / "config.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    tracker.log_artifact(str(cfg_path))
+
+
+def _train_epoch(
+    t: _Trial, model: torch.nn.Module, opt: torch.optim.Optimizer, epoch: int, progress: bool
+) -> tuple[dict[str, Any], bool]:
+    """One pass over the training split: (the epoch's train metrics, whether the loss stayed
+    finite)."""
+    cfg = t.cfg
+    sync_every = 1 if t.device.type == "cpu" else SYNC_EVERY
+    t0 = time.perf_counter()
+    sums: dict[str, torch.Tensor] = {}
+    steps = seen = 0
+    finite = torch.ones((), dtype=torch.bool, device=t.device)
+    batches = _batches(t, "train", shuffle=True, epoch=epoch)
+    if progress:
+        batches = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False)
+    for ori, comp, label in batches:
+        parts = _loss(t, model, ori, comp, label)
+        loss = parts["loss"]
+        # Reading a CUDA value stalls the pipeline, so the finiteness flag and the loss sums
+        # stay on the device and are read every SYNC_EVERY steps (every step on CPU).
+        finite &= torch.isfinite(loss.detach())
+        if (steps + 1) % sync_every == 0 and not bool(finite):
+            break
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        for k, v in parts.items():
+            sums[k] = sums.get(k, 0.0) + v.detach().float()
+        steps += 1
+        seen += len(label)
+        if cfg.train.max_steps_per_epoch and steps >= cfg.train.max_steps_per_epoch:
+            break
+    elapsed = time.perf_counter() - t0
+    metrics: dict[str, Any] = {train_metric(k): float(v) / max(steps, 1) for k, v in sums.items()}
+    metrics[EPOCH] = epoch + 1
+    metrics[EPOCH_TIME] = elapsed
+    metrics[TRAIN_PATCHES_PER_S] = seen / elapsed if elapsed > 0 else 0.0
+    return metrics, bool(finite)
+
+
+def _validate(t: _Trial, model: torch.nn.Module) -> dict[str, float]:
+    """Validation accuracy per view, and ``val/acc`` for the one the trial is judged by."""
+    out = {val_acc(k): evaluate.accuracy(p, y) for k, (p, y) in _evaluate(t, model, "val").items()}
+    out[VAL_ACC] = out[val_acc(primary_view(t.cfg.mode))]
+    return out
+
+
+def _save_state(
+    t: _Trial,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    epoch: int,
+) -> None:
+    """Everything a resumed trial needs to follow the uninterrupted one exactly."""
+    ckpt.atomic_save(
         {
-            "status": status,
-            "epochs": cfg.train.epochs,
-            "checkpoint": str(state_dir),
-            "output_dir": str(t.out),
-            "dataset_hash": t.dataset_hash,
-            "last_epoch": history,
-        }
+            "epoch": epoch,
+            "cfg_hash": t.cfg.hash(),
+            "model": t.net.state_dict(),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state(t.device) if t.device.type == "cuda" else None,
+        },
+        t.state_dir / ckpt.STATE_FILE,
     )
-    return result
 
 
-def _finish(t: _Trial, model: torch.nn.Module, tracker: Tracker | None) -> dict[str, Any]:
-    """Test-split metrics, per-model accuracy, confusion matrices; exports pretrained nets."""
-    res: dict[str, Any] = {}
+def _diverged(
+    t: _Trial, metrics: dict[str, Any], tracker: Tracker | None, report: ReportFn | None
+) -> TrialResult:
+    metrics[STATUS] = Outcome.DIVERGED
+    if tracker is not None:
+        tracker.set_tags({Tag.STATUS: Outcome.DIVERGED})
+    if report is not None:
+        report(metrics, None)
+    return TrialResult(
+        status=Outcome.DIVERGED,
+        epochs=int(metrics[EPOCH]),
+        output_dir=str(t.out),
+        dataset_hash=t.dataset_hash,
+    )
+
+
+def _finish(
+    t: _Trial, model: torch.nn.Module, tracker: Tracker | None, history: dict[str, float]
+) -> TrialResult:
+    """Test-split metrics, per-model accuracy, confusion matrices; exports trained CMI nets."""
+    accuracy: dict[str, float] = {}
     per_model: dict[str, dict[str, float]] = {}
     files: dict[str, str] = {}
     n = len(t.classes)
     views = _evaluate(t, model, "test")
-    res["test_patches"] = int(len(next(iter(views.values()))[1])) if views else 0
     for view, (p, y) in views.items():
-        res[f"acc_{view}"] = evaluate.accuracy(p, y)
-        res[f"bacc_{view}"] = evaluate.balanced_accuracy(p, y, n)
+        accuracy[result_key(view)] = evaluate.accuracy(p, y)
+        accuracy[result_key(view, balanced=True)] = evaluate.balanced_accuracy(p, y, n)
         cm = evaluate.confusion_matrix(p, y, n)
         per_model[view] = evaluate.per_class_accuracy(cm, t.classes)
         npy = t.out / f"confusion_{view}.npy"
@@ -457,21 +480,26 @@ def _finish(t: _Trial, model: torch.nn.Module, tracker: Tracker | None) -> dict[
         if tracker is not None:
             tracker.log_artifact(str(npy))
             tracker.log_artifact(str(png))
-    res["per_model"] = per_model
-    res["confusion"] = files
+    cmi_path = cmi_sha = ""
     if t.cfg.mode in ("pretrain", "finetune"):
         path = t.out / ckpt.CMI_FILE
-        res["cmi_sha256"] = ckpt.export_cmi(
-            path, t.net, t.cfg.model.backbone, t.classes, t.dataset_hash
-        )
-        res["cmi_checkpoint"] = str(path)
+        cmi_sha = ckpt.export_cmi(path, t.net, t.cfg.model.backbone, t.classes, t.dataset_hash)
+        cmi_path = str(path)
+    result = TrialResult(
+        status=Outcome.OK,
+        epochs=t.cfg.train.epochs,
+        output_dir=str(t.out),
+        dataset_hash=t.dataset_hash,
+        checkpoint=str(t.state_dir),
+        accuracy=accuracy,
+        per_model=per_model,
+        confusion=files,
+        test_patches=int(len(next(iter(views.values()))[1])) if views else 0,
+        cmi_checkpoint=cmi_path,
+        cmi_sha256=cmi_sha,
+        last_epoch=history,
+    )
     if tracker is not None:
-        tracker.log_metrics(
-            {
-                f"test/{k}": v
-                for k, v in res.items()
-                if k.startswith(("acc_", "bacc_")) and math.isfinite(v)
-            },
-            step=t.cfg.train.epochs,
-        )
-    return res
+        metrics = {k: v for k, v in result.test_metrics.items() if math.isfinite(v)}
+        tracker.log_metrics(metrics, step=t.cfg.train.epochs)
+    return result

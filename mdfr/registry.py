@@ -78,15 +78,45 @@ MODELS: Registry[Callable[..., Any]] = Registry("model")
 CODECS: Registry[Callable[..., Any]] = Registry("codec")
 
 
+# Table I's backbones, in the paper's order (reports sort by it).
+PAPER_BACKBONES: tuple[str, ...] = ("remnet", "res2net50", "resnet50", "mobilenet", "dpec_convnext")
+
+# The backbones mdfr.models registers, named here so a sweep file's backbones can be checked
+# without importing torch (`mdfr sweep validate` in a fraction of a second).
+# tests/test_registry.py fails when this list and the filled registry disagree.
+BUILTIN_BACKBONES: tuple[str, ...] = (
+    "dpec_convnext",
+    "mobilenet",
+    "remnet",
+    "res2net50",
+    "resnet50",
+    "small_remnet",
+    "test_dpec_convnext",
+    "test_mobilenet",
+    "test_remnet",
+    "test_res2net",
+    "test_resnet",
+)
+
+
 def backbone_names() -> list[str]:
     """Registered backbone names (imports the model package, which fills the registry)."""
+    # Lazy: the model package imports torch; callers that must stay light use
+    # known_backbone_names().
     import mdfr.models  # noqa: F401  (registration side effect)
 
     return BACKBONES.names()
 
 
+def known_backbone_names() -> list[str]:
+    """The built-in backbones and any registered so far, without importing torch."""
+    return sorted(set(BUILTIN_BACKBONES) | set(BACKBONES.names()))
+
+
 def codec_names() -> list[str]:
     """Registered codec scheme names (``jpeg``, ``compressai``, ...)."""
+    # Lazy: mdfr.data.codecs imports this module (to register), so it cannot be imported at
+    # the top; it imports numpy only, not torch.
     import mdfr.data.codecs  # noqa: F401  (registration side effect)
 
     return CODECS.names()

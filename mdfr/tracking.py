@@ -1,7 +1,7 @@
 """MLflow tracking: the only module that imports mlflow.
 
-Conventions (DESIGN §6): one parent run per sweep (tag ``mdfr.kind=sweep``), one child run per
-trial (``mlflow.parentRunId`` + ``mdfr.kind=trial``), shared pretraining stages as children
+Conventions (docs/architecture.md, "Tracking"): one parent run per sweep (tag
+``mdfr.kind=sweep``), one child run per trial (``mlflow.parentRunId`` + ``mdfr.kind=trial``), shared pretraining stages as children
 with ``mdfr.kind=pretrain``. A trial's child run is found again by its deterministic
 ``mdfr.trial_key`` tag (scoped by the parent run id), so retries and ``mdfr sweep resume``
 reuse it instead of opening a second run — the reason we do not use Ray's
@@ -27,13 +27,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mdfr.errors import MdfrError
+from mdfr.errors import ConfigError, MdfrError
+from mdfr.names import Kind, Tag
 
 T = TypeVar("T")
 
-KIND_SWEEP = "sweep"
-KIND_TRIAL = "trial"
-KIND_PRETRAIN = "pretrain"
 _LOCK_RETRY_S = 60.0
 
 
@@ -57,6 +55,41 @@ def resolve_uri(uri: str, base: str | Path | None = None) -> str:
         path = Path(uri).expanduser()
         return f"file://{path if path.is_absolute() else (root / path).resolve()}"
     return uri
+
+
+# Schemes MLflow 3.17 can track to. File stores (a folder, file://) are not among them: MLflow
+# refuses them at the first call, so they are refused when a sweep file or option is read.
+URI_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
+
+
+def check_tracking_uri(value: Any, where: str = "tracking_uri") -> str:
+    """A validated MLflow tracking URI, from a sweep file or ``--tracking-uri``.
+
+    Args:
+        value: what the user gave.
+        where: how the user gave it, named in the error (``tracking_uri``, ``--tracking-uri``).
+
+    Raises:
+        ConfigError: empty, a file store, an unsupported scheme or a malformed ``sqlite:`` URI.
+    """
+    if not isinstance(value, str) or not value:
+        raise ConfigError(where, f"expected an MLflow tracking URI, got {value!r}")
+    scheme = value.split("://", 1)[0] if "://" in value else ""
+    if scheme in ("", "file"):
+        raise ConfigError(
+            where,
+            f"got {value!r}: a file store, which MLflow 3.17 cannot use; use "
+            "sqlite:///<path>.db on one machine (e.g. sqlite:///results/mlflow.db) or a tracking "
+            "server, http(s)://HOST:PORT",
+        )
+    if scheme.split("+", 1)[0] not in URI_SCHEMES:
+        raise ConfigError(
+            where,
+            f"unsupported scheme {scheme!r} in {value!r}; allowed: {', '.join(URI_SCHEMES)}",
+        )
+    if scheme == "sqlite" and not value.startswith("sqlite:///"):
+        raise ConfigError(where, f"expected sqlite:///<path to .db>, got {value!r}")
+    return value
 
 
 def _sqlite_path(uri: str) -> Path | None:
@@ -302,8 +335,8 @@ class Store:
         sweep_id = hashlib.sha1(str(sweep_dir).encode()).hexdigest()[:16]
         run_id, _ = self.ensure_run(
             exp_id,
-            {"mdfr.kind": KIND_SWEEP, "mdfr.sweep_id": sweep_id},
-            {"mdfr.sweep": sweep, "mdfr.sweep_dir": str(sweep_dir), **(tags or {})},
+            {Tag.KIND: Kind.SWEEP, Tag.SWEEP_ID: sweep_id},
+            {Tag.SWEEP: sweep, Tag.SWEEP_DIR: str(sweep_dir), **(tags or {})},
             name=Path(sweep_dir).name,
         )
         return exp_id, run_id
@@ -314,7 +347,7 @@ class Store:
         parent_run_id: str,
         trial_key: str,
         tags: dict[str, str] | None = None,
-        kind: str = KIND_TRIAL,
+        kind: str = Kind.TRIAL,
         reopen: bool = False,
     ) -> tuple[str, bool]:
         """The one child run of ``trial_key`` under ``parent_run_id``; created on first call.
@@ -327,8 +360,8 @@ class Store:
         """
         return self.ensure_run(
             experiment_id,
-            {"mlflow.parentRunId": parent_run_id, "mdfr.trial_key": trial_key},
-            {"mdfr.kind": kind, **(tags or {})},
+            {Tag.MLFLOW_PARENT: parent_run_id, Tag.TRIAL_KEY: trial_key},
+            {Tag.KIND: kind, **(tags or {})},
             name=trial_key,
             reopen=reopen,
         )
@@ -340,7 +373,7 @@ class Store:
     def finish(self, run_id: str, status: str = "FINISHED", mdfr_status: str | None = None) -> None:
         """Close a run (MLflow status) and record the trial outcome in ``mdfr.status``."""
         if mdfr_status:
-            _retry(self.client.set_tag, run_id, "mdfr.status", mdfr_status)
+            _retry(self.client.set_tag, run_id, Tag.STATUS, mdfr_status)
         _retry(self.client.set_terminated, run_id, status)
 
     def tracker(self, run_id: str) -> Tracker:
@@ -406,7 +439,7 @@ def _run_dict(store: Store, run: Any, histories: bool) -> dict[str, Any]:
         "status": run.info.status,
         "start_time": run.info.start_time,
         "end_time": run.info.end_time,
-        "parent_run_id": run.data.tags.get("mlflow.parentRunId"),
+        "parent_run_id": run.data.tags.get(Tag.MLFLOW_PARENT),
         "params": dict(run.data.params),
         "metrics": dict(run.data.metrics),
         "tags": dict(run.data.tags),
@@ -428,7 +461,7 @@ def fetch_sweep_runs(
     *,
     sweep: str | None = None,
     parent_run_id: str | None = None,
-    kind: str | None = KIND_TRIAL,
+    kind: str | None = Kind.TRIAL,
     histories: bool = False,
 ) -> list[dict[str, Any]]:
     """Runs of an experiment as plain dicts, for reports.
@@ -452,11 +485,11 @@ def fetch_sweep_runs(
         return []
     clauses = []
     if kind:
-        clauses.append(f"tags.`mdfr.kind` = {_q(kind)}")
+        clauses.append(f"tags.`{Tag.KIND}` = {_q(kind)}")
     if sweep:
-        clauses.append(f"tags.`mdfr.sweep` = {_q(sweep)}")
+        clauses.append(f"tags.`{Tag.SWEEP}` = {_q(sweep)}")
     if parent_run_id:
-        clauses.append(f"tags.`mlflow.parentRunId` = {_q(parent_run_id)}")
+        clauses.append(f"tags.`{Tag.MLFLOW_PARENT}` = {_q(parent_run_id)}")
     out: list[dict[str, Any]] = []
     token = None
     while True:

@@ -121,7 +121,7 @@ def test_all_records_a_failing_benchmark_and_exits_1(tmp_path, monkeypatch):
 
 def test_packing_mechanics_with_plain_processes(tmp_path):
     """The k-trials-per-GPU measurement (barrier, overlap, aggregation), exercised on the CPU."""
-    from mdfr.bench.sweep import measure_packing
+    from mdfr.bench.packing import measure_packing
 
     setup = {"width": 4, "depth": 1, "backbone": "test_remnet", "batch": 2, "warmup": 1,
              "steps": 0}  # fmt: skip

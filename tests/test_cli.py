@@ -3,6 +3,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from mdfr.cli import SUBCOMMANDS, main
 
 
@@ -49,3 +51,34 @@ def test_example_trial_configs_validate(capsys):
     assert examples
     for f in examples:
         assert main(["train", str(f), "--check"]) == 0, f
+
+
+@pytest.mark.parametrize(
+    ("text", "expect"),
+    [
+        (b"optim: {lr: .nan}\n", "optim.lr: expected a finite number, got nan"),
+        (b"optim: {lr: -.inf}\n", "optim.lr: expected a finite number, got -inf"),
+        (
+            b"train: {device: 'cuda:abc'}\n",
+            "train.device: expected auto, cpu, cuda or cuda:<index>",
+        ),
+        (b"train: {epochs: true}\n", "train.epochs: expected an integer, got True"),
+        (b"mode: mdfr\nseed: 1\nmode: pretrain\n", "line 3, column 1: duplicate key 'mode'"),
+        (b"mode: mdfr\nsetup: caf\xe9\n", "not UTF-8 text (byte 0xe9 on line 2)"),
+    ],
+    ids=["nan", "inf", "cuda_abc", "bool_epochs", "duplicate_key", "not_utf8"],
+)
+def test_bad_trial_config_exits_2_naming_file_and_key(tmp_path, capsys, text, expect):
+    f = tmp_path / "trial.yaml"
+    f.write_bytes(text)
+    assert main(["train", str(f), "--check"]) == 2
+    err = capsys.readouterr().err
+    assert f"{f}: " in err and expect in err and "Traceback" not in err
+
+
+def test_file_tracking_store_is_refused_before_training(tmp_path, capsys):
+    f = tmp_path / "trial.yaml"
+    f.write_text("mode: pretrain\n")
+    assert main(["train", str(f), "--tracking-uri", "mlruns"]) == 2
+    err = capsys.readouterr().err
+    assert "--tracking-uri: got 'mlruns': a file store" in err and "Traceback" not in err

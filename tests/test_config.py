@@ -133,3 +133,11 @@ def test_parse_override():
     assert parse_override("a.b=x y") == ("a.b", "x y")
     with pytest.raises(ConfigError):
         parse_override("novalue")
+
+
+def test_hash_of_the_same_values_is_stable_across_versions():
+    """Pretraining caches and checkpoints key on cfg.hash(): pinned to the values it had
+    before the configs moved onto pydantic, so a refactor cannot silently orphan them."""
+    assert TrialConfig().hash() == "7e8c99558502460d"
+    cfg = from_dict({"setup": "proposed_wrapped", "optim": {"lr": 1}, "loss": {"lambda_spa": 1}})
+    assert cfg.hash() == "06d11ab99293f9bb"

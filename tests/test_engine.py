@@ -36,12 +36,14 @@ def test_pretrain_exports_cmi_and_reports_each_epoch(tiny_dataset, tmp_path):
     reports = []
     cfg = tiny(tiny_dataset, tmp_path, mode="pretrain")
     res = train_trial(cfg, report=lambda m, c: reports.append((m, c)))
-    assert res["status"] == "ok"
+    assert res.status == "ok"
     assert [m["epoch"] for m, _ in reports] == [1, 2]
     assert all(c and (tmp_path / "checkpoint" / "state.pt").exists() for _, c in reports)
-    assert 0.0 <= res["acc_original"] <= 1.0 and 0.0 <= res["acc_compressed"] <= 1.0
-    assert "acc_restored" not in res
-    assert (tmp_path / "cmi.pt").exists() and len(res["cmi_sha256"]) == 64
+    assert (
+        0.0 <= res.accuracy["acc_original"] <= 1.0 and 0.0 <= res.accuracy["acc_compressed"] <= 1.0
+    )
+    assert "acc_restored" not in res.accuracy
+    assert (tmp_path / "cmi.pt").exists() and len(res.cmi_sha256) == 64
     assert (tmp_path / "confusion_original.png").exists()
 
 
@@ -50,15 +52,15 @@ def test_mdfr_trial_leaves_frozen_cmi_bit_identical(tiny_dataset, pretrained, tm
         tiny_dataset,
         tmp_path,
         mode="mdfr",
-        **{"model.cmi_checkpoint": pretrained["cmi_checkpoint"]},
+        **{"model.cmi_checkpoint": pretrained.cmi_checkpoint},
     )
     res = train_trial(cfg)
-    assert res["status"] == "ok"
+    assert res.status == "ok"
     for key in ("acc_original", "acc_compressed", "acc_restored"):
-        assert 0.0 <= res[key] <= 1.0
+        assert 0.0 <= res.accuracy[key] <= 1.0
     # the pretrained net, as exported, against the CMI net inside the trained MDFRNet
-    before = safe_load(pretrained["cmi_checkpoint"])["state_dict"]
-    after = safe_load(res["checkpoint"])["model"]
+    before = safe_load(pretrained.cmi_checkpoint)["state_dict"]
+    after = safe_load(res.checkpoint)["model"]
     cmi_after = {k.split("cmi.", 1)[1]: v for k, v in after.items() if k.startswith("cmi.")}
     assert set(cmi_after) == set(before)
     for k, v in before.items():
@@ -66,8 +68,8 @@ def test_mdfr_trial_leaves_frozen_cmi_bit_identical(tiny_dataset, pretrained, tm
     # ...while MDFRNet's own weights did train
     assert any(not k.startswith("cmi.") for k in after)
     # acc_original/compressed are the pretrained net's: same numbers as the pretrain trial
-    assert res["acc_original"] == pytest.approx(pretrained["acc_original"])
-    assert res["acc_compressed"] == pytest.approx(pretrained["acc_compressed"])
+    assert res.accuracy["acc_original"] == pytest.approx(pretrained.accuracy["acc_original"])
+    assert res.accuracy["acc_compressed"] == pytest.approx(pretrained.accuracy["acc_compressed"])
 
 
 def test_finetune_starts_from_pretrain_weights(tiny_dataset, pretrained, tmp_path):
@@ -75,7 +77,7 @@ def test_finetune_starts_from_pretrain_weights(tiny_dataset, pretrained, tmp_pat
         tiny_dataset,
         tmp_path,
         mode="finetune",
-        **{"model.cmi_checkpoint": pretrained["cmi_checkpoint"], "train.epochs": 1},
+        **{"model.cmi_checkpoint": pretrained.cmi_checkpoint, "train.epochs": 1},
     )
     seen = {}
 
@@ -83,12 +85,12 @@ def test_finetune_starts_from_pretrain_weights(tiny_dataset, pretrained, tmp_pat
         seen.update(metrics)
 
     res = train_trial(cfg, report=report)
-    assert res["status"] == "ok"
+    assert res.status == "ok"
     # the untouched starting net gives the pretrain trial's test accuracy on originals
-    assert res["acc_original"] == pytest.approx(pretrained["acc_original"])
+    assert res.accuracy["acc_original"] == pytest.approx(pretrained.accuracy["acc_original"])
     # fine-tuned weights moved away from the pretrained ones
-    before = safe_load(pretrained["cmi_checkpoint"])["state_dict"]
-    after = safe_load(res["cmi_checkpoint"])["state_dict"]
+    before = safe_load(pretrained.cmi_checkpoint)["state_dict"]
+    after = safe_load(res.cmi_checkpoint)["state_dict"]
     assert any(
         not torch.equal(before[k], after[k]) for k in before if before[k].is_floating_point()
     )
@@ -105,11 +107,11 @@ def test_finetune_without_checkpoint_is_a_usage_error(tiny_dataset, tmp_path):
 def test_same_seed_same_metrics_and_resume_follows_the_same_trajectory(
     tiny_dataset, pretrained, tmp_path
 ):
-    over = {"mode": "mdfr", "model.cmi_checkpoint": pretrained["cmi_checkpoint"], "train.epochs": 2}
+    over = {"mode": "mdfr", "model.cmi_checkpoint": pretrained.cmi_checkpoint, "train.epochs": 2}
     full = train_trial(tiny(tiny_dataset, tmp_path / "full", **over))
     again = train_trial(tiny(tiny_dataset, tmp_path / "again", **over))
-    assert again["acc_restored"] == full["acc_restored"]
-    assert again["last_epoch"]["train/loss"] == full["last_epoch"]["train/loss"]
+    assert again.accuracy["acc_restored"] == full.accuracy["acc_restored"]
+    assert again.last_epoch["train/loss"] == full.last_epoch["train/loss"]
 
     class Crash(Exception):
         pass
@@ -122,10 +124,10 @@ def test_same_seed_same_metrics_and_resume_follows_the_same_trajectory(
     with pytest.raises(Crash):
         train_trial(cut, report=crash_after_first_epoch)
     resumed = train_trial(cut, checkpoint=tmp_path / "cut" / "checkpoint")
-    assert resumed["last_epoch"]["train/loss"] == full["last_epoch"]["train/loss"]
-    assert resumed["acc_restored"] == full["acc_restored"]
-    a = safe_load(full["checkpoint"])["model"]
-    b = safe_load(resumed["checkpoint"])["model"]
+    assert resumed.last_epoch["train/loss"] == full.last_epoch["train/loss"]
+    assert resumed.accuracy["acc_restored"] == full.accuracy["acc_restored"]
+    a = safe_load(full.checkpoint)["model"]
+    b = safe_load(resumed.checkpoint)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -136,7 +138,7 @@ def test_checkpoint_of_another_config_is_refused(tiny_dataset, pretrained, tmp_p
     res = train_trial(cfg)
     other = cfg.replace(**{"optim.lr": 5e-4})
     with pytest.raises(UsageError, match="another config"):
-        train_trial(other, checkpoint=res["checkpoint"])
+        train_trial(other, checkpoint=res.checkpoint)
 
 
 def test_exploding_loss_reports_diverged_not_a_crash(tiny_dataset, tmp_path):
@@ -144,6 +146,6 @@ def test_exploding_loss_reports_diverged_not_a_crash(tiny_dataset, tmp_path):
     cfg = tiny(tiny_dataset, tmp_path, mode="pretrain", **{"optim.lr": 1e30, "optim.name": "sgd"})
     reports = []
     res = train_trial(cfg, report=lambda m, c: reports.append(m))
-    assert res["status"] == "diverged"
+    assert res.status == "diverged"
     assert reports and reports[-1]["status"] == "diverged"
     assert all(math.isfinite(m["train/loss"]) for m in reports if "train/loss" in m)

@@ -29,3 +29,11 @@ def test_unknown_name_lists_known_names():
     assert (
         "unknown widget 'alpah'" in msg and "alpha, beta" in msg and "did you mean 'alpha'" in msg
     )
+
+
+def test_builtin_backbone_list_matches_the_filled_registry():
+    """`sweep validate` checks backbones against BUILTIN_BACKBONES (no torch import); a
+    backbone added to mdfr.models must be named there too."""
+    from mdfr.registry import BUILTIN_BACKBONES, backbone_names
+
+    assert sorted(BUILTIN_BACKBONES) == backbone_names()

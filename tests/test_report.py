@@ -92,7 +92,7 @@ def sweep(tiny_dataset, tmp_path_factory):
             over = {
                 **setup_overrides(setup),
                 "seed": seed,
-                "model.cmi_checkpoint": pre["cmi_checkpoint"],
+                "model.cmi_checkpoint": pre.cmi_checkpoint,
             }
             trial = None
             if study is not None:
@@ -115,9 +115,9 @@ def sweep(tiny_dataset, tmp_path_factory):
             tracker = store.tracker(run_id)
             tracker.set_tags({"mdfr.attempts": "1", "mdfr.status": "running", **tags})
             result = train_trial(cfg, tracker=tracker)
-            store.finish(run_id, "FINISHED", result["status"])
+            store.finish(run_id, "FINISHED", result.status)
             if trial is not None:
-                study.tell(trial, result["last_epoch"]["val/acc_restored"])
+                study.tell(trial, result.last_epoch["val/acc_restored"])
     # A trial that failed for good: the driver's RunCloser opens and closes its run.
     failed, _ = store.child_run(exp_id, parent, "004-proposed-seed2-n0", {"mdfr.sweep_trial": "t9"})
     store.finish(failed, "FAILED", "failed")

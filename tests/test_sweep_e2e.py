@@ -24,7 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from mdfr.sweep.spec import EPOCH_METRICS, load_sweep
+from mdfr.names import EPOCH_METRICS
+from mdfr.sweep.spec import load_sweep
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +45,7 @@ def ray_address(tmp_path_factory):
     """A 2-CPU Ray head on loopback for the whole module, stopped by its own process group."""
     import ray
 
-    from mdfr.sweep.driver import use_loopback, use_token_auth
+    from mdfr.sweep.session import use_loopback, use_token_auth
 
     use_loopback()  # this process connects to 127.0.0.1 like the head binds it
 
@@ -134,7 +135,7 @@ def _runs(out, kind="trial"):
 def test_smoke_sweep_has_a_parent_and_one_child_run_per_trial(smoke_run):
     plan, out = smoke_run
     assert len(out.trials) == plan.num_trials == 3
-    assert all(t["status"] in ("ok", "pruned") for t in out.trials), out.trials
+    assert all(t.status in ("ok", "pruned") for t in out.trials), out.trials
     runs = _runs(out)
     assert sorted(r["run_name"] for r in runs) == sorted(plan.trial_keys())
     for r in runs:
@@ -206,8 +207,8 @@ def test_killed_driver_then_resume_finishes_every_trial_once(
     assert 0 < len(finished) < plan.num_trials  # killed mid-sweep
 
     out = resume_sweep(str(exp_dir), address=ray_address, verbose=0)
-    assert sorted(t["trial_key"] for t in out.trials) == sorted(plan.trial_keys())
-    assert all(t["status"] == "ok" for t in out.trials), out.trials
+    assert sorted(t.trial_key for t in out.trials) == sorted(plan.trial_keys())
+    assert all(t.status == "ok" for t in out.trials), out.trials
     runs = _runs(out)
     assert sorted(r["run_name"] for r in runs) == sorted(plan.trial_keys())  # exactly one each
     for r in runs:

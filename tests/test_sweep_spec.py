@@ -22,7 +22,8 @@ INVALID = sorted((Path(__file__).parent / "sweeps_invalid").glob("*.yaml"))
 
 def _header(path: Path) -> tuple[str, str]:
     """The ``# path:`` and ``# expect:`` lines every invalid fixture starts with."""
-    lines = path.read_text().splitlines()
+    # bytes: a fixture may be a file that is not UTF-8 past its two header lines
+    lines = path.read_bytes().decode("utf-8", errors="replace").splitlines()
     dotted = lines[0].removeprefix("# path:").strip()
     expect = lines[1].removeprefix("# expect:").strip()
     return dotted, expect
@@ -203,3 +204,17 @@ def test_pretraining_has_its_own_recipe_not_the_mdfr_phase_optimiser():
     plan = build_plan({**raw, "grid": {"setup": ["proposed"]}, "pretrain": {"optim": {"lr": 3e-3}}})
     flat = pretrain_config(plan, plan.cells[0].config, threads=1)
     assert flat["optim.lr"] == 3e-3 and flat["optim.name"] == "adam"
+
+
+def test_validate_says_how_the_scheduler_treats_grid_cells(capsys):
+    """ASHA compares trials only within a grid cell: validate says so, and warns when that
+    leaves it nothing to stop (one trial per cell)."""
+    assert main(["sweep", "validate", str(ROOT / "sweeps" / "lambdas.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "asha on val/acc_restored (max) within each grid cell" in out
+    assert "no cell is ever dropped" in out
+    assert main(["sweep", "validate", str(ROOT / "sweeps" / "smoke.yaml")]) == 0
+    captured = capsys.readouterr()
+    assert "scheduler asha stops nothing" in captured.err
+    assert main(["sweep", "validate", str(ROOT / "sweeps" / "table2.yaml")]) == 0
+    assert "scheduler: fifo (every trial runs to the end)" in capsys.readouterr().out

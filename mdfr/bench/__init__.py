@@ -19,11 +19,15 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from mdfr.bench.machine import envelope, load_average
+
 KINDS = ("step", "loader", "sweep")
 
 
 def run_kind(kind: str, device: str, quick: bool, opts: dict[str, Any], log: Callable) -> dict:
     """Run one benchmark ``kind`` with the options that concern it (others are ignored)."""
+    # Lazy: each benchmark imports what it measures (torch, the data stack, Ray); this
+    # package is imported by `mdfr bench --help` and must stay light.
     if kind == "step":
         from mdfr.bench.step import run_step_bench
 
@@ -51,8 +55,6 @@ def _pick(opts: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
 
 def run_all(device: str, quick: bool, opts: dict[str, Any], log: Callable = print) -> dict:
     """Every benchmark in turn; a failing one is recorded (with its error) and the rest run."""
-    from mdfr.bench.machine import envelope, load_average
-
     doc = envelope("all", device, {"quick": quick, "kinds": list(KINDS)})
     for kind in KINDS:
         try:

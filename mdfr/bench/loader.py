@@ -29,6 +29,10 @@ import numpy as np
 import torch
 
 from mdfr.bench.machine import envelope, load_average
+from mdfr.data.loader import load_manifest, make_loader
+from mdfr.data.patches import prepare
+from mdfr.data.shards import open_shard
+from mdfr.data.synthetic import synthesize
 from mdfr.errors import DataError, UsageError
 
 DEFAULT_CACHE = Path("results/cache/bench")
@@ -50,8 +54,6 @@ def ensure_dataset(
     preset: str = "standard", cache: str | Path = DEFAULT_CACHE, log: Callable[[str], None] = print
 ) -> Path:
     """A prepared synthetic dataset for benchmarks, made once under ``cache``."""
-    from mdfr.data.patches import prepare
-    from mdfr.data.synthetic import synthesize
 
     synth, _ = PRESETS[preset]
     cache = Path(cache).expanduser().resolve()
@@ -90,9 +92,6 @@ def pil_items(
         DataError: the dataset's source images are not where its manifest says.
     """
     from PIL import Image
-
-    from mdfr.data.loader import load_manifest
-    from mdfr.data.shards import open_shard
 
     manifest = load_manifest(root)
     src = Path(manifest.get("inputs", {}).get("root", ""))
@@ -195,7 +194,6 @@ def _timed(batches: Callable[[], Iterable[Any]], seconds: float, min_batches: in
 
 def measure_shards(root: Path, batch: int, seconds: float, workers: int = 0) -> dict[str, Any]:
     """:func:`mdfr.data.loader.make_loader` as the engine builds it, after one warm epoch."""
-    from mdfr.data.loader import make_loader
 
     loader = make_loader(root, "train", batch_size=batch, shuffle=True, seed=0, num_workers=workers)
     for _ in loader:  # one untimed epoch: the shards into the page cache
@@ -241,7 +239,6 @@ def run_loader_bench(
         seconds: timed seconds per measurement (default 3, quick 0.5).
         log: receives progress lines.
     """
-    from mdfr.data.loader import load_manifest
 
     seconds = seconds if seconds is not None else (0.5 if quick else 3.0)
     cache = Path(cache)
@@ -250,48 +247,14 @@ def run_loader_bench(
     if not (root / "manifest.json").is_file():
         raise UsageError(f"--dataset {root}: not a prepared dataset (no manifest.json)")
     manifest = load_manifest(root)
-    train = manifest["splits"]["train"]
-    sizes = [r.get("size") for r in manifest["images"] if r.get("split") == "train"]
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    doc = envelope(
-        "loader",
-        "cpu",
-        {
-            "dataset": str(root),
-            "dataset_hash": manifest["dataset_hash"],
-            "synthetic_preset": None if dataset else preset,
-            "codec": manifest.get("codec", {}).get("spec"),
-            "train_patches": train["patches"],
-            "train_shards": len(train["shards"]),
-            "shard_bytes": sum((root / f).stat().st_size for f in train["shards"]),
-            "image_size": sizes[0] if sizes and all(s == sizes[0] for s in sizes) else sizes[:3],
-            "batch_sizes": list(batch_sizes),
-            "seconds_per_measurement": seconds,
-            "quick": quick,
-        },
-    )
+    config = _config(root, manifest, None if dataset else preset, batch_sizes, seconds, quick)
+    doc = envelope("loader", "cpu", config)
     shards = []
     for b in batch_sizes:
         r = measure_shards(root, b, seconds)
         shards.append(r)
         log(f"loader: shards      batch {b:4d}, in-process: {r['patches_per_s']:12.1f} patches/s")
-    pil: list[dict[str, Any]] = []
-    baseline_note = None
-    pil_pool = 0
-    try:
-        items = pil_items(root, "train", cache, log=log)
-        pil_pool = len(items)
-    except DataError as e:
-        baseline_note = str(e)
-        log(f"loader: PIL baseline skipped: {e}")
-    else:
-        for workers in sorted({0, cpus if cpus and cpus > 1 else 0}):
-            r = measure_pil(items, batch_sizes[0], seconds, workers)
-            pil.append(r)
-            log(
-                f"loader: PIL/JPEG    batch {batch_sizes[0]:4d}, {workers} workers:  "
-                f"{r['patches_per_s']:12.1f} patches/s"
-            )
+    pil, baseline_note, pil_pool = _pil_baseline(root, cache, batch_sizes[0], seconds, log)
     main = shards[0]["patches_per_s"]
     best_pil = max((r["patches_per_s"] for r in pil), default=None)
     ratio = round(main / best_pil, 1) if best_pil else None
@@ -314,3 +277,50 @@ def run_loader_bench(
     }
     doc["machine"]["load_average_end"] = load_average()
     return doc
+
+
+def _config(
+    root: Path,
+    manifest: dict[str, Any],
+    preset: str | None,
+    batch_sizes: tuple[int, ...],
+    seconds: float,
+    quick: bool,
+) -> dict[str, Any]:
+    """What was measured: the dataset (its train split) and the timing settings."""
+    train = manifest["splits"]["train"]
+    sizes = [r.get("size") for r in manifest["images"] if r.get("split") == "train"]
+    return {
+        "dataset": str(root),
+        "dataset_hash": manifest["dataset_hash"],
+        "synthetic_preset": preset,
+        "codec": manifest.get("codec", {}).get("spec"),
+        "train_patches": train["patches"],
+        "train_shards": len(train["shards"]),
+        "shard_bytes": sum((root / f).stat().st_size for f in train["shards"]),
+        "image_size": sizes[0] if sizes and all(s == sizes[0] for s in sizes) else sizes[:3],
+        "batch_sizes": list(batch_sizes),
+        "seconds_per_measurement": seconds,
+        "quick": quick,
+    }
+
+
+def _pil_baseline(
+    root: Path, cache: Path, batch: int, seconds: float, log: Callable[[str], None]
+) -> tuple[list[dict[str, Any]], str | None, int]:
+    """(measurements, why skipped, patch pool) of per-sample JPEG decoding with PIL."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        items = pil_items(root, "train", cache, log=log)
+    except DataError as e:
+        log(f"loader: PIL baseline skipped: {e}")
+        return [], str(e), 0
+    pil = []
+    for workers in sorted({0, cpus if cpus and cpus > 1 else 0}):
+        r = measure_pil(items, batch, seconds, workers)
+        pil.append(r)
+        log(
+            f"loader: PIL/JPEG    batch {batch:4d}, {workers} workers:  "
+            f"{r['patches_per_s']:12.1f} patches/s"
+        )
+    return pil, None, len(items)

@@ -30,8 +30,12 @@ from typing import Any
 
 import torch
 
-from mdfr.bench.machine import bf16_peak_tflops, envelope
+from mdfr.bench.machine import bf16_peak_tflops, envelope, load_average
+from mdfr.config import LossConfig, ModelConfig, OptimConfig
 from mdfr.errors import MdfrError, UsageError
+from mdfr.losses import mdfr_loss
+from mdfr.models import create_backbone, create_model
+from mdfr.models.complexity import profile
 
 PATCH = 64
 
@@ -114,9 +118,6 @@ def default_setup(device: str, quick: bool, **overrides: Any) -> StepSetup:
 
 def build_mdfrnet(setup: StepSetup) -> torch.nn.Module:
     """MDFRNet (every switch on) with a frozen CMI backbone, on the CPU, seeded."""
-    from mdfr.config import ModelConfig
-    from mdfr.models import create_backbone, create_model
-
     gen = torch.Generator().manual_seed(setup.seed)
     cmi = create_backbone(setup.backbone, num_classes=setup.num_classes)
     # A plausible amplitude increment (its values do not change the cost).
@@ -137,9 +138,6 @@ class StepRunner:
     """
 
     def __init__(self, setup: StepSetup, device: str, variant: Variant):
-        from mdfr.config import LossConfig, OptimConfig
-        from mdfr.losses import mdfr_loss
-
         self._loss = mdfr_loss
         torch.manual_seed(setup.seed)
         self.setup, self.variant = setup, variant
@@ -215,8 +213,6 @@ class StepRunner:
 
 def flops_per_patch(setup: StepSetup) -> dict[str, int]:
     """Parameters and FLOPs per patch of the benchmarked network (on the CPU, batch 2)."""
-    from mdfr.models.complexity import profile
-
     rng = torch.get_rng_state()
     try:
         net = build_mdfrnet(setup)
@@ -342,19 +338,7 @@ def run_step_bench(
         torch.backends.cudnn.benchmark = cudnn_benchmark
     gpu = torch.cuda.get_device_name(0) if device == "cuda" else None
     peak = peak_tflops or bf16_peak_tflops(gpu)
-    doc = envelope(
-        "step",
-        device,
-        {
-            **asdict(setup),
-            "quick": quick,
-            "variants": names,
-            "cudnn_benchmark": cudnn_benchmark if device == "cuda" else None,
-            "tf32_matmul": torch.backends.cuda.matmul.allow_tf32 if device == "cuda" else None,
-            "tf32_conv": torch.backends.cudnn.allow_tf32 if device == "cuda" else None,
-            "inputs": "random uint8 patches in (pinned) host memory, copied every step",
-        },
-    )
+    doc = envelope("step", device, _config(setup, device, quick, names, cudnn_benchmark))
     t0 = time.perf_counter()
     prof = flops_per_patch(setup)
     log(
@@ -362,27 +346,63 @@ def run_step_bench(
         f"{prof['flops_train_step'] / 1e9:.2f} GFLOP per patch and step "
         f"({prof['trainable_params'] / 1e6:.2f} M trainable params); batch {setup.batch}"
     )
-    results: list[dict[str, Any]] = []
-    for name in names:
-        variant = VARIANTS[name]
-        reason = skip_reason(variant, device, explicit)
-        if reason:
-            results.append({"name": name, "status": "skipped", "reason": reason})
-            log(f"  {name:28s} skipped: {reason}")
-            continue
-        try:
-            r = measure(setup, device, variant, prof["flops_train_step"], peak)
-        except Exception as e:  # one broken variant (e.g. a compiler error) must not hide the rest
-            msg = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e) else ''}"
-            results.append({"name": name, "status": "failed", "reason": msg})
-            log(f"  {name:28s} FAILED: {msg}")
-            continue
-        results.append(r)
-        mfu = f"  MFU {100 * r['mfu']:.1f}%" if r["mfu"] is not None else ""
-        log(
-            f"  {name:28s} {r['patches_per_s']:10.1f} patches/s  {r['step_s'] * 1e3:9.1f} ms/step"
-            f"  {r['tflops']:8.3f} TFLOP/s{mfu}  (first step {r['first_step_s']:.1f} s)"
-        )
+    results = [
+        _run_variant(name, setup, device, explicit, prof["flops_train_step"], peak, log)
+        for name in names
+    ]
+    doc["results"], doc["targets"] = _summary(results, prof, peak, time.perf_counter() - t0)
+    doc["machine"]["load_average_end"] = load_average()
+    return doc
+
+
+def _config(
+    setup: StepSetup, device: str, quick: bool, names: list[str], cudnn_benchmark: bool
+) -> dict[str, Any]:
+    cuda = device == "cuda"
+    return {
+        **asdict(setup),
+        "quick": quick,
+        "variants": names,
+        "cudnn_benchmark": cudnn_benchmark if cuda else None,
+        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32 if cuda else None,
+        "tf32_conv": torch.backends.cudnn.allow_tf32 if cuda else None,
+        "inputs": "random uint8 patches in (pinned) host memory, copied every step",
+    }
+
+
+def _run_variant(
+    name: str,
+    setup: StepSetup,
+    device: str,
+    explicit: bool,
+    flops: int,
+    peak: float | None,
+    log: Any,
+) -> dict[str, Any]:
+    """One variant's result: measured, skipped (with the reason) or failed (with the error)."""
+    variant = VARIANTS[name]
+    reason = skip_reason(variant, device, explicit)
+    if reason:
+        log(f"  {name:28s} skipped: {reason}")
+        return {"name": name, "status": "skipped", "reason": reason}
+    try:
+        r = measure(setup, device, variant, flops, peak)
+    except Exception as e:  # one broken variant (e.g. a compiler error) must not hide the rest
+        msg = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e) else ''}"
+        log(f"  {name:28s} FAILED: {msg}")
+        return {"name": name, "status": "failed", "reason": msg}
+    mfu = f"  MFU {100 * r['mfu']:.1f}%" if r["mfu"] is not None else ""
+    log(
+        f"  {name:28s} {r['patches_per_s']:10.1f} patches/s  {r['step_s'] * 1e3:9.1f} ms/step"
+        f"  {r['tflops']:8.3f} TFLOP/s{mfu}  (first step {r['first_step_s']:.1f} s)"
+    )
+    return r
+
+
+def _summary(
+    results: list[dict[str, Any]], prof: dict[str, Any], peak: float | None, seconds: float
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(results, targets) of the document: speed-ups against fp32, the best bf16 variant."""
     base = next((r for r in results if r["name"] == "fp32" and r["status"] == "ok"), None)
     if base:
         for r in results:
@@ -393,7 +413,7 @@ def run_step_bench(
         key=lambda r: r["patches_per_s"],
         default=None,
     )
-    doc["results"] = {
+    out = {
         "params": prof["params"],
         "trainable_params": prof["trainable_params"],
         "flops_forward_per_patch": prof["flops_forward"],
@@ -404,18 +424,11 @@ def run_step_bench(
         else "no known peak for this device (CPU): MFU not computed",
         "variants": results,
         "best_bf16": best_bf16["name"] if best_bf16 else None,
-        "seconds": round(time.perf_counter() - t0, 1),
+        "seconds": round(seconds, 1),
     }
-    doc["targets"] = {
+    targets = {
         "bf16_mfu_min": 0.40,
         "applies_to": "H100",
         "met": (best_bf16["mfu"] >= 0.40) if best_bf16 and best_bf16["mfu"] is not None else None,
     }
-    doc["machine"]["load_average_end"] = _load()
-    return doc
-
-
-def _load() -> list[float] | None:
-    from mdfr.bench.machine import load_average
-
-    return load_average()
+    return out, targets

@@ -1,4 +1,11 @@
-"""One module per ``mdfr`` subcommand; each exposes ``add_parser(subparsers)``."""
+"""One module per ``mdfr`` subcommand; each exposes ``add_parser(subparsers)``.
+
+The CLI's lazy-import boundary: ``mdfr --help`` imports every module here, so at the top they
+import only the standard library and the light ``mdfr.commands``, ``mdfr.errors`` and
+``mdfr.names``. Everything else (configs, torch, Ray, MLflow) is imported inside the function
+that runs the subcommand, under a ``# Lazy (CLI boundary)`` comment;
+``tests/test_imports.py`` holds the line.
+"""
 
 from __future__ import annotations
 

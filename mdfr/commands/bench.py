@@ -158,6 +158,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _device(name: str) -> str:
+    # Lazy (CLI boundary): imported only when this subcommand runs.
     import torch
 
     if name == "auto":
@@ -168,6 +169,7 @@ def _device(name: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Lazy (CLI boundary): imported only when this subcommand runs.
     from mdfr.bench import failures, run_all, run_kind
     from mdfr.bench.machine import default_json_path, write_json
 

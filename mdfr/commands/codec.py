@@ -92,6 +92,7 @@ def with_checkpoint(spec: str, checkpoint: Path | None) -> str:
 
 def run_list(args: argparse.Namespace) -> int:
     _quiet()
+    # Lazy (CLI boundary): imported only when this subcommand runs.
     import torch.hub
 
     from mdfr.data import codecs
@@ -125,6 +126,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_train(args: argparse.Namespace) -> int:
     _quiet()
+    # Lazy (CLI boundary): imported only when this subcommand runs.
     from mdfr.data.codec_train import CodecTrainConfig, train_codec
 
     cfg = CodecTrainConfig(
@@ -154,6 +156,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_eval(args: argparse.Namespace) -> int:
     _quiet()
+    # Lazy (CLI boundary): imported only when this subcommand runs.
     from mdfr.data.codec_train import evaluate_codec, list_images, read_rgb
     from mdfr.data.codecs import create_codec
 

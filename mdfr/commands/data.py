@@ -93,6 +93,7 @@ def _no_action(args: argparse.Namespace) -> int:
 
 
 def run_synth(args: argparse.Namespace) -> int:
+    # Lazy (CLI boundary): imported only when this subcommand runs.
     from mdfr.data.synthetic import synthesize
 
     synthesize(
@@ -110,6 +111,7 @@ def run_synth(args: argparse.Namespace) -> int:
 
 
 def run_prepare(args: argparse.Namespace) -> int:
+    # Lazy (CLI boundary): imported only when this subcommand runs.
     from mdfr.data.patches import prepare
 
     prepare(
@@ -134,6 +136,7 @@ def run_prepare(args: argparse.Namespace) -> int:
 
 
 def run_spectra(args: argparse.Namespace) -> int:
+    # Lazy (CLI boundary): imported only when this subcommand runs.
     import numpy as np
 
     from mdfr.data.loader import PatchDataset, load_manifest
@@ -156,6 +159,7 @@ def run_spectra(args: argparse.Namespace) -> int:
 
 
 def run_info(args: argparse.Namespace) -> int:
+    # Lazy (CLI boundary): imported only when this subcommand runs.
     from mdfr.data.loader import load_manifest
 
     print(format_info(load_manifest(args.dataset), args.dataset), end="")

@@ -48,6 +48,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Lazy (CLI boundary): imported only when this subcommand runs.
     from mdfr.report import build
 
     out = args.out or f"results/{args.experiment}"

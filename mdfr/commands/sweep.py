@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from mdfr.commands import add_set_option
+from mdfr.errors import MdfrError
+from mdfr.names import VAL_ACC, Tag, acc_metric
+
+if TYPE_CHECKING:  # the driver imports Ray: only inside the commands that run a sweep
+    from mdfr.sweep.driver import SweepOutcome
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -64,7 +70,8 @@ def _usage(p: argparse.ArgumentParser) -> int:
 
 
 def validate(args: argparse.Namespace) -> int:
-    from mdfr.sweep.spec import load_sweep
+    # Lazy (CLI boundary): imported only when this subcommand runs.
+    from mdfr.sweep.spec import describe_scheduler, load_sweep
 
     plan = load_sweep(args.file, args.overrides)
     for w in plan.warnings:
@@ -79,6 +86,7 @@ def validate(args: argparse.Namespace) -> int:
         f"scheduler: {plan.scheduler.name}; resources: {plan.resources.cpu} cpu, "
         f"{plan.resources.gpu:g} gpu per trial"
     )
+    print(f"  scheduler: {describe_scheduler(plan)}")
     if args.list:
         for key in plan.trial_keys():
             print(f"  {key}")
@@ -86,6 +94,7 @@ def validate(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Lazy (CLI boundary): imported only when this subcommand runs.
     from mdfr.sweep.driver import run_sweep
     from mdfr.sweep.spec import load_sweep
 
@@ -104,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def resume(args: argparse.Namespace) -> int:
+    # Lazy (CLI boundary): imported only when this subcommand runs.
     from mdfr.sweep.driver import resume_sweep
 
     out = resume_sweep(
@@ -117,11 +127,7 @@ def resume(args: argparse.Namespace) -> int:
     return _summary(out)
 
 
-def _summary(out: object) -> int:
-    from mdfr.errors import MdfrError
-    from mdfr.sweep.driver import SweepOutcome
-
-    assert isinstance(out, SweepOutcome)
+def _summary(out: SweepOutcome) -> int:
     counts = ", ".join(f"{n} {s}" for s, n in sorted(out.counts.items()))
     print(f"sweep done: {len(out.trials)} trials ({counts}); folder {out.exp_dir}")
     print(f"MLflow: experiment {out.experiment!r}, parent run {out.parent_run_id}")
@@ -134,7 +140,8 @@ def _summary(out: object) -> int:
 
 
 def list_(args: argparse.Namespace) -> int:
-    from mdfr.sweep.driver import list_sweeps
+    # Lazy (CLI boundary): imported only when this subcommand runs.
+    from mdfr.sweep.state import list_sweeps
 
     rows = list_sweeps(args.storage)
     if not rows:
@@ -145,19 +152,19 @@ def list_(args: argparse.Namespace) -> int:
 
 
 def status(args: argparse.Namespace) -> int:
-    from mdfr.sweep.driver import find_sweep, read_state
+    # Lazy (CLI boundary): imported only when this subcommand runs.
+    from mdfr.sweep.state import SweepState, find_sweep
     from mdfr.tracking import fetch_sweep_runs
 
     exp_dir = find_sweep(args.sweep, args.storage)
-    state = read_state(exp_dir)
+    state = SweepState.read(exp_dir)
     runs = fetch_sweep_runs(
-        state["plan"]["experiment"], state["tracking_uri"], parent_run_id=state["parent_run_id"]
+        state.plan.experiment, state.tracking_uri, parent_run_id=state.parent_run_id
     )
     print(f"{exp_dir}: {len(runs)} trial runs")
     for r in sorted(runs, key=lambda r: r["run_name"] or ""):
-        acc = r["metrics"].get("test/acc_restored", r["metrics"].get("val/acc"))
+        acc = r["metrics"].get(acc_metric("test", "restored"), r["metrics"].get(VAL_ACC))
         acc_s = f"{acc:.4f}" if isinstance(acc, float) else "-"
-        print(
-            f"  {r['run_name']:<40} {r['status']:<9} {r['tags'].get('mdfr.status', '?'):<9} {acc_s}"
-        )
+        outcome = r["tags"].get(Tag.STATUS, "?")
+        print(f"  {r['run_name']:<40} {r['status']:<9} {outcome:<9} {acc_s}")
     return 0

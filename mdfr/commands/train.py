@@ -12,6 +12,7 @@ import os
 import sys
 
 from mdfr.commands import add_set_option
+from mdfr.names import Kind, Tag
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -37,36 +38,35 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Lazy (CLI boundary): imported only when this subcommand runs.
     import yaml
 
+    from mdfr import tracking
     from mdfr.config import load_yaml
 
     cfg = load_yaml(args.config, args.overrides)
+    if args.tracking_uri:
+        tracking.check_tracking_uri(args.tracking_uri, "--tracking-uri")
     if args.check:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         print(f"# config hash {cfg.hash()}")
         return 0
 
+    # Lazy (CLI boundary): torch, the models and the data loaders, past --check only.
     from mdfr.engine import default_output_dir, train_trial
 
     if not cfg.output_dir:
         cfg = cfg.replace(output_dir=str(default_output_dir(cfg).resolve()))
     tracker = store = run_id = None
     if args.tracking_uri:
-        from mdfr import tracking
-
         tracking.check_reachable(args.tracking_uri)
         store = tracking.Store(args.tracking_uri)
         exp_id = store.ensure_experiment(args.experiment)
         # Same config into the same folder is the same run (a --resume continues it).
         run_id, _ = store.ensure_run(
             exp_id,
-            {
-                "mdfr.kind": "train",
-                "mdfr.config_hash": cfg.hash(),
-                "mdfr.output_dir": cfg.output_dir,
-            },
-            {"mdfr.git_commit": tracking.git_commit()},
+            {Tag.KIND: Kind.TRAIN, Tag.CONFIG_HASH: cfg.hash(), Tag.OUTPUT_DIR: cfg.output_dir},
+            {Tag.GIT_COMMIT: tracking.git_commit()},
             name=f"{cfg.mode}-{cfg.hash()[:8]}",
         )
         tracker = store.tracker(run_id)
@@ -84,15 +84,17 @@ def run(args: argparse.Namespace) -> int:
             store.finish(run_id, "FAILED", "failed")
         raise
     if store is not None:
-        store.finish(run_id, "FINISHED", result["status"])
+        store.finish(run_id, "FINISHED", result.status)
 
-    summary = {k: v for k, v in result.items() if k.startswith("acc_") or k in ("status", "epochs")}
-    for key, value in summary.items():
-        print(f"{key:>16}: {value:.4f}" if isinstance(value, float) else f"{key:>16}: {value}")
-    print(f"{'output':>16}: {result['output_dir']}")
-    if "cmi_checkpoint" in result:
-        print(f"{'cmi checkpoint':>16}: {result['cmi_checkpoint']}")
+    print(f"{'status':>16}: {result.status}")
+    print(f"{'epochs':>16}: {result.epochs}")
+    for key, value in result.accuracy.items():
+        if key.startswith("acc_"):
+            print(f"{key:>16}: {value:.4f}")
+    print(f"{'output':>16}: {result.output_dir}")
+    if result.cmi_checkpoint:
+        print(f"{'cmi checkpoint':>16}: {result.cmi_checkpoint}")
     if args.json_out:
         with open(args.json_out, "w") as f:
-            json.dump(result, f, indent=2, default=str)
-    return 0 if result["status"] == "ok" else 1
+            json.dump(result.to_dict(), f, indent=2, default=str)
+    return 0 if result.ok else 1

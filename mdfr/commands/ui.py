@@ -104,6 +104,7 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Lazy (CLI boundary): imported only when this subcommand runs.
     from mdfr.tracking import resolve_uri
 
     uri = resolve_uri(args.tracking_uri)

@@ -23,7 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from mdfr import __version__
 from mdfr.data.codecs import IMAGE_SUFFIXES, Codec, NeuralCodec
+from mdfr.devices import resolve_device
 from mdfr.errors import DataError, UsageError
 
 CHECKPOINT_FORMAT = "mdfr-codec"
@@ -98,6 +100,8 @@ def _zoo_table_arch(arch: str) -> str:
 def downsampling_factor(arch: str) -> int:
     """Total stride of the model: 16 for the factorized prior, 64 with a hyperprior, 4 or 8
     for our shallow factorized priors."""
+    # Lazy: codec_models imports CompressAI and torch, which this module loads only when a
+    # codec is built or trained (`mdfr codec --help`, JPEG-only datasets never need them).
     from mdfr.data.codec_models import SHALLOW
 
     if arch in SHALLOW:
@@ -108,6 +112,7 @@ def downsampling_factor(arch: str) -> int:
 def build_model(arch: str, n: int, m: int) -> Any:
     """A fresh model of ``arch`` (CompressAI's zoo classes, or ours) with ``n``/``m``
     channels."""
+    # Lazy: CompressAI and torch, as in downsampling_factor.
     from compressai.zoo.image import model_architectures
 
     from mdfr.data.codec_models import SHALLOW, build_shallow
@@ -188,8 +193,6 @@ def train_codec(
     from compressai.losses import RateDistortionLoss
     from tqdm import tqdm
 
-    from mdfr.data.codecs import resolve_device
-
     cfg.validate()
     device = resolve_device(cfg.device)
     files = list_images(images)
@@ -201,15 +204,7 @@ def train_codec(
     n, m = cfg.resolved_channels()
     net = build_model(cfg.arch, n, m).to(device).train()
     criterion = RateDistortionLoss(lmbda=cfg.lmbda)
-    # As in CompressAI's train.py: the quantiles only get the aux loss, everything else the
-    # rate-distortion loss.
-    params = dict(net.named_parameters())
-    main_names = sorted(
-        k for k, p in params.items() if p.requires_grad and not k.endswith(".quantiles")
-    )
-    aux_names = sorted(k for k, p in params.items() if p.requires_grad and k.endswith(".quantiles"))
-    optimizer = torch.optim.Adam([params[k] for k in main_names], lr=cfg.lr)
-    aux_optimizer = torch.optim.Adam([params[k] for k in aux_names], lr=cfg.aux_lr)
+    optimizer, aux_optimizer = _optimizers(net, cfg)
 
     history: list[tuple[float, float, float, float]] = []
     start = time.perf_counter()
@@ -225,21 +220,8 @@ def train_codec(
         x = pool_t[idx].to(device).float().div_(255.0)
         if rng.random() < 0.5:  # one flip per batch keeps rng use fixed per step
             x = x.flip(-1)
-        optimizer.zero_grad()
-        aux_optimizer.zero_grad()
-        out_net = net(x)
-        losses = criterion(out_net, x)
-        losses["loss"].backward()
-        if cfg.clip_max_norm > 0:
-            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.clip_max_norm)
-        optimizer.step()
-        aux_loss = net.aux_loss()
-        aux_loss.backward()
-        aux_optimizer.step()
-        loss, bpp, mse = (float(losses[k].detach()) for k in ("loss", "bpp_loss", "mse_loss"))
-        if not math.isfinite(loss):
-            raise DataError(f"codec training diverged (loss {loss}); lower --lr or --lmbda")
-        history.append((loss, bpp, mse, float(aux_loss.detach())))
+        history.append(_step(net, x, criterion, optimizer, aux_optimizer, cfg.clip_max_norm))
+        loss, bpp, mse, _ = history[-1]
         bar.set_postfix(loss=f"{loss:.3f}", bpp=f"{bpp:.3f}", psnr=f"{mse_psnr(mse):.1f}")
     bar.close()
 
@@ -265,6 +247,44 @@ def train_codec(
     return stats
 
 
+def _optimizers(net: Any, cfg: CodecTrainConfig) -> tuple[Any, Any]:
+    """As in CompressAI's train.py: the quantiles only get the aux loss, everything else the
+    rate-distortion loss."""
+    import torch
+
+    params = dict(net.named_parameters())
+    main_names = sorted(
+        k for k, p in params.items() if p.requires_grad and not k.endswith(".quantiles")
+    )
+    aux_names = sorted(k for k, p in params.items() if p.requires_grad and k.endswith(".quantiles"))
+    optimizer = torch.optim.Adam([params[k] for k in main_names], lr=cfg.lr)
+    aux_optimizer = torch.optim.Adam([params[k] for k in aux_names], lr=cfg.aux_lr)
+    return optimizer, aux_optimizer
+
+
+def _step(
+    net: Any, x: Any, criterion: Any, optimizer: Any, aux_optimizer: Any, clip_max_norm: float
+) -> tuple[float, float, float, float]:
+    """One rate-distortion step and one aux step: (loss, bpp, mse, aux loss)."""
+    import torch
+
+    optimizer.zero_grad()
+    aux_optimizer.zero_grad()
+    out_net = net(x)
+    losses = criterion(out_net, x)
+    losses["loss"].backward()
+    if clip_max_norm > 0:
+        torch.nn.utils.clip_grad_norm_(net.parameters(), clip_max_norm)
+    optimizer.step()
+    aux_loss = net.aux_loss()
+    aux_loss.backward()
+    aux_optimizer.step()
+    loss, bpp, mse = (float(losses[k].detach()) for k in ("loss", "bpp_loss", "mse_loss"))
+    if not math.isfinite(loss):
+        raise DataError(f"codec training diverged (loss {loss}); lower --lr or --lmbda")
+    return loss, bpp, mse, float(aux_loss.detach())
+
+
 def save_checkpoint(
     out: Path,
     net: Any,
@@ -276,8 +296,6 @@ def save_checkpoint(
     """Write the checkpoint dict to ``out`` atomically (no half-written file at ``out``)."""
     import compressai
     import torch
-
-    import mdfr
 
     hparams = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
     hparams["images"] = str(images)
@@ -291,7 +309,7 @@ def save_checkpoint(
         "stats": stats,
         "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
         "versions": {
-            "mdfr": mdfr.__version__,
+            "mdfr": __version__,
             "compressai": compressai.__version__,
             "torch": str(torch.__version__),  # TorchVersion is not weights_only-loadable
         },

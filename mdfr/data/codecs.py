@@ -39,6 +39,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from mdfr.devices import resolve_device  # noqa: F401  (re-exported: codecs take a device)
 from mdfr.errors import DataError, UsageError
 from mdfr.hashing import file_sha256
 from mdfr.registry import CODECS
@@ -275,19 +276,6 @@ _HEADER = struct.Struct(">HHHHB")
 _LENGTH = struct.Struct(">I")
 
 
-def resolve_device(device: str | None) -> str:
-    """``auto``/``None`` -> ``cuda`` when available else ``cpu``; other values are checked."""
-    import torch
-
-    if device in (None, "", "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu" or device.startswith("cuda"):
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise UsageError(f"device {device!r} requested but CUDA is not available here")
-        return device
-    raise UsageError(f"device must be auto, cpu, cuda or cuda:<index>, got {device!r}")
-
-
 def pack_bitstream(height: int, width: int, shape: tuple[int, int], strings: list[bytes]) -> bytes:
     """Serialise one image's CompressAI strings with the header needed to decode them."""
     if max(height, width, *shape) > 0xFFFF:
@@ -500,6 +488,8 @@ def create_compressai_codec(arg: str, device: str | None = None) -> NeuralCodec:
 @CODECS.register("learned")
 def create_learned_codec(arg: str, device: str | None = None) -> NeuralCodec:
     """A model trained by ``mdfr codec train`` (real entropy-coded bitstreams)."""
+    # Lazy: codec_train imports this module (its codecs) and CompressAI; a JPEG sweep never
+    # needs either.
     from mdfr.data.codec_train import load_checkpoint
 
     if not arg:

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from mdfr.data.codecs import create_codec
 from mdfr.data.manifest import (
     FORMAT,
     INCREMENT,
@@ -125,8 +126,6 @@ def prepare(
         UsageError: bad options or codec spec.
         DataError: unusable input (names the file and the problem), unless ``skip_bad``.
     """
-    from mdfr.data.codecs import create_codec
-
     start = time.perf_counter()
     say = log or (lambda _msg: None)
     opts = _options(
@@ -145,15 +144,7 @@ def prepare(
     chosen = choose_images(index.images, opts["images_per_model"], _rng(seed, _CHOOSE))
     codec = create_codec(codec, device=device) if isinstance(codec, str) else codec
 
-    identity = {
-        "format": FORMAT,
-        "patch": PATCH,
-        "options": opts,
-        "codec": {"spec": codec.spec, "fingerprint": codec.fingerprint()},
-        "inputs": inputs_digest(
-            [r.rel_path for r in index.images], [(r.rel_path, r.path) for r in chosen]
-        ),
-    }
+    identity = _identity(opts, codec, index.images, chosen)
     digest = dataset_hash(identity)
     if not force and is_complete(out, digest):
         say(f"reused dataset {out} (hash {digest}): same inputs, options and codec")
@@ -189,15 +180,34 @@ def prepare(
     }
     write_manifest(tmp, manifest)
     _publish(tmp, out, digest, say)
+    say(_done_message(out, digest, manifest))
+    return out
+
+
+def _identity(
+    opts: dict[str, Any], codec: Any, scanned: list[ImageRecord], chosen: list[ImageRecord]
+) -> dict[str, Any]:
+    """What determines a dataset's content (its hash): options, codec, input images."""
+    return {
+        "format": FORMAT,
+        "patch": PATCH,
+        "options": opts,
+        "codec": {"spec": codec.spec, "fingerprint": codec.fingerprint()},
+        "inputs": inputs_digest(
+            [r.rel_path for r in scanned], [(r.rel_path, r.path) for r in chosen]
+        ),
+    }
+
+
+def _done_message(out: Path, digest: str, manifest: dict[str, Any]) -> str:
     n_skipped = len(manifest["skipped"])
     total = sum(s["patches"] for s in manifest["splits"].values())
     used = sum(s["images"] for s in manifest["splits"].values())
     note = f"; skipped {n_skipped} bad input(s), listed in manifest.json" if n_skipped else ""
-    say(
+    return (
         f"prepared {out} (hash {digest}): {total} patches from {used} images "
         f"in {manifest['seconds']:.1f} s{note}"
     )
-    return out
 
 
 def _rng(seed: int, purpose: int, *more: int) -> np.random.Generator:
@@ -243,19 +253,7 @@ def _build(
     for i in bar:
         rec, split, row = chosen[i], splits[i], table[i]
         try:
-            original = read_image(rec.path)
-            h, w = original.shape[:2]
-            if h < PATCH or w < PATCH:
-                raise DataError(
-                    f"{rec.path}: image is {w}x{h}, smaller than one {PATCH}x{PATCH} patch"
-                )
-            result = codec.compress(original, rec.rel_path)
-            compressed = np.asarray(result.image)
-            if compressed.shape != original.shape or compressed.dtype != np.uint8:
-                raise DataError(
-                    f"{rec.path}: codec {codec.spec} returned {compressed.dtype} "
-                    f"{compressed.shape}, expected uint8 {original.shape}"
-                )
+            original, compressed, nbytes = _compress(rec, codec)
         except DataError as e:
             if not opts["skip_bad"]:
                 raise
@@ -272,14 +270,44 @@ def _build(
         row.update(
             split=split,
             patches=len(pos),
-            bpp=round(8.0 * int(result.nbytes) / (h * w), 5),
+            bpp=round(8.0 * nbytes / (original.shape[0] * original.shape[1]), 5),
             psnr=None if (p := _psnr(original, compressed)) is None else round(p, 3),
-            size=[w, h],
+            size=[original.shape[1], original.shape[0]],
         )
     bar.close()
     for wr in writers.values():
         wr.close()
     np.save(tmp / INCREMENT, increment.result())
+    return _manifest(chosen, table, writers, classes, opts, codec, increment.count, skipped)
+
+
+def _compress(rec: ImageRecord, codec: Any) -> tuple[np.ndarray, np.ndarray, int]:
+    """(original, compressed, bitstream bytes) of one image, checked to be usable."""
+    original = read_image(rec.path)
+    h, w = original.shape[:2]
+    if h < PATCH or w < PATCH:
+        raise DataError(f"{rec.path}: image is {w}x{h}, smaller than one {PATCH}x{PATCH} patch")
+    result = codec.compress(original, rec.rel_path)
+    compressed = np.asarray(result.image)
+    if compressed.shape != original.shape or compressed.dtype != np.uint8:
+        raise DataError(
+            f"{rec.path}: codec {codec.spec} returned {compressed.dtype} "
+            f"{compressed.shape}, expected uint8 {original.shape}"
+        )
+    return original, compressed, int(result.nbytes)
+
+
+def _manifest(
+    chosen: list[ImageRecord],
+    table: list[dict[str, Any]],
+    writers: dict[str, ShardWriter],
+    classes: list[str],
+    opts: dict[str, Any],
+    codec: Any,
+    increment_patches: int,
+    skipped: list[dict[str, str]],
+) -> dict[str, Any]:
+    """The dataset's manifest (without its hash and timings, which prepare adds)."""
     return {
         "format": FORMAT,
         "patch": PATCH,
@@ -296,7 +324,7 @@ def _build(
         "amplitude_increment": {
             "file": INCREMENT,
             "split": "train",
-            "patches": increment.count,
+            "patches": increment_patches,
             "shape": [3, PATCH, PATCH],
             "convention": "mean|fft2(compressed/255)| - mean|fft2(original/255)| per channel, "
             "unnormalised FFT, DC at [0, 0]",

@@ -22,6 +22,10 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
+from mdfr.config import ModelConfig
+from mdfr.models import create_backbone, create_model
+from mdfr.registry import PAPER_BACKBONES
+
 PATCH = 64
 
 
@@ -157,9 +161,6 @@ def paper_scale_profiles(
         train: also measure training steps.
         backbones: names to profile (default: the five of Table I).
     """
-    from mdfr.config import ModelConfig
-    from mdfr.models import PAPER_BACKBONES, create_backbone, create_model
-
     rng = torch.get_rng_state()
     try:
         torch.manual_seed(0)

@@ -1,4 +1,4 @@
-"""MDFRNet: multi-domain CMI feature restoration (Zhang et al., paper §III; DESIGN §3).
+"""MDFRNet: multi-domain CMI feature restoration (Zhang et al., paper §III).
 
 A 64×64 AI-compressed RGB patch in [0, 1] goes through two restoration branches,
 

@@ -10,6 +10,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from mdfr.data.manifest import load_manifest
+from mdfr.errors import DataError
+from mdfr.names import Tag
 from mdfr.report.runs import SweepRuns
 
 PAPER_SCALE = {"epochs": 30, "width": 64, "depth": 4}
@@ -48,9 +51,6 @@ def describe_codec(spec: str) -> str:
 
 def load_manifests(trials: list[dict[str, Any]]) -> dict[str, dict[str, Any] | None]:
     """Dataset path (param ``data.dataset``) -> its manifest, or None when it is gone."""
-    from mdfr.data.manifest import load_manifest
-    from mdfr.errors import DataError
-
     out: dict[str, dict[str, Any] | None] = {}
     for path in sorted({r["params"].get("data.dataset", "") for r in trials} - {""}):
         try:
@@ -71,7 +71,7 @@ def _join(vals: list[str]) -> str:
 def facts(sweep: SweepRuns, manifests: dict[str, dict[str, Any] | None]) -> dict[str, Any]:
     """Machine-readable facts (also written to ``report.json``)."""
     trials = sweep.trials
-    codecs = sorted({str(r["tags"].get("mdfr.codec", "")) for r in trials} - {""})
+    codecs = sorted({str(r["tags"].get(Tag.CODEC, "")) for r in trials} - {""})
     datasets = []
     for path, m in manifests.items():
         if m is None:
@@ -97,9 +97,7 @@ def facts(sweep: SweepRuns, manifests: dict[str, dict[str, Any] | None]) -> dict
     pre_epochs = _values(sweep.pretrains, "train.epochs")
     return {
         "datasets": datasets,
-        "dataset_hashes": sorted(
-            {str(r["tags"].get("mdfr.dataset_hash", "")) for r in trials} - {""}
-        ),
+        "dataset_hashes": sorted({str(r["tags"].get(Tag.DATASET_HASH, "")) for r in trials} - {""}),
         "codecs": codecs,
         "backbones": _values(trials, "model.backbone"),
         "epochs": _values(trials, "train.epochs"),
@@ -110,7 +108,7 @@ def facts(sweep: SweepRuns, manifests: dict[str, dict[str, Any] | None]) -> dict
         "limit_train": _values(trials, "data.limit_train"),
         "limit_eval": _values(trials, "data.limit_eval"),
         "devices": _values(trials, "train.device"),
-        "git_commits": sorted({str(r["tags"].get("mdfr.git_commit", "")) for r in trials} - {""}),
+        "git_commits": sorted({str(r["tags"].get(Tag.GIT_COMMIT, "")) for r in trials} - {""}),
         "trials": len(trials),
         "pretrain_runs": len(sweep.pretrains),
         "outcomes": sweep.outcome_counts(),

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from mdfr.data.shards import open_shard
+from mdfr.data.spectra import draw_figure, spectrum_stats
 from mdfr.report.tables import VIEWS
 
 
@@ -69,8 +71,6 @@ def _chunks(
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(original, compressed) uint8 chunks of ``split`` straight from the memory-mapped
     shards (no torch needed), at most ``limit`` patches in all."""
-    from mdfr.data.shards import open_shard
-
     left = limit
     for name in manifest["splits"][split]["shards"]:
         shard = open_shard(dataset / name)
@@ -90,8 +90,6 @@ def spectra(
     Returns:
         (the PNG, number of patches averaged).
     """
-    from mdfr.data.spectra import draw_figure, spectrum_stats
-
     available = int(manifest["splits"][split]["patches"])
     n = min(available, limit) if limit > 0 else available
     stats = spectrum_stats(_chunks(dataset, manifest, split, n))

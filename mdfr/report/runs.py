@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mdfr import tracking
 from mdfr.errors import UsageError
+from mdfr.names import Kind, Tag
 
 # Outcome of a trial, from the ``mdfr.status`` tag the trainable / run closer write.
 OUTCOMES = ("ok", "diverged", "failed", "pruned", "running")
@@ -34,12 +36,12 @@ class SweepRuns:
     @property
     def name(self) -> str:
         if self.parent is not None:
-            return str(self.parent["tags"].get("mdfr.sweep") or self.parent["run_name"])
+            return str(self.parent["tags"].get(Tag.SWEEP) or self.parent["run_name"])
         return self.experiment
 
     @property
     def sweep_dir(self) -> Path | None:
-        d = (self.parent or {}).get("tags", {}).get("mdfr.sweep_dir")
+        d = (self.parent or {}).get("tags", {}).get(Tag.SWEEP_DIR)
         return Path(d) if d else None
 
     def param(self, key: str) -> str:
@@ -68,7 +70,7 @@ def outcome(run: dict[str, Any]) -> str:
     The ``mdfr.status`` tag wins (it says *why* a run ended); without it the MLflow status
     decides: FINISHED -> ok, FAILED/KILLED -> failed, else running.
     """
-    tag = run["tags"].get("mdfr.status")
+    tag = run["tags"].get(Tag.STATUS)
     if tag in OUTCOMES:
         return str(tag)
     status = run.get("status")
@@ -87,19 +89,19 @@ def metric(run: dict[str, Any], key: str) -> float | None:
 
 def seed_of(run: dict[str, Any]) -> str:
     # "" for a run that died before logging anything (the driver's run closer made it).
-    return str(run["tags"].get("mdfr.seed") or run["params"].get("seed", ""))
+    return str(run["tags"].get(Tag.SEED) or run["params"].get("seed", ""))
 
 
 def setup_of(run: dict[str, Any]) -> str:
-    return str(run["tags"].get("mdfr.setup") or run["params"].get("setup", ""))
+    return str(run["tags"].get(Tag.SETUP) or run["params"].get("setup", ""))
 
 
 def backbone_of(run: dict[str, Any]) -> str:
-    return str(run["tags"].get("mdfr.backbone") or run["params"].get("model.backbone", ""))
+    return str(run["tags"].get(Tag.BACKBONE) or run["params"].get("model.backbone", ""))
 
 
 def mode_of(run: dict[str, Any]) -> str:
-    return str(run["tags"].get("mdfr.mode") or run["params"].get("mode", ""))
+    return str(run["tags"].get(Tag.MODE) or run["params"].get("mode", ""))
 
 
 def _check_store(tracking_uri: str) -> None:
@@ -124,8 +126,6 @@ def load(experiment: str, tracking_uri: str, sweep: str | None = None) -> SweepR
     Raises:
         UsageError: unknown store, experiment or sweep, naming what exists instead.
     """
-    from mdfr import tracking
-
     uri = tracking.resolve_uri(tracking_uri)
     _check_store(uri)
     store = tracking.Store(uri)
@@ -135,10 +135,10 @@ def load(experiment: str, tracking_uri: str, sweep: str | None = None) -> SweepR
             f"no experiment {experiment!r} in {uri}; experiments there: "
             + (", ".join(names) if names else "none")
         )
-    parents = tracking.fetch_sweep_runs(experiment, uri, kind=tracking.KIND_SWEEP)
-    chosen = [p for p in parents if sweep in (None, p["run_id"], p["tags"].get("mdfr.sweep"))]
+    parents = tracking.fetch_sweep_runs(experiment, uri, kind=Kind.SWEEP)
+    chosen = [p for p in parents if sweep in (None, p["run_id"], p["tags"].get(Tag.SWEEP))]
     if parents and not chosen:
-        names = sorted({str(p["tags"].get("mdfr.sweep")) for p in parents})
+        names = sorted({str(p["tags"].get(Tag.SWEEP)) for p in parents})
         raise UsageError(
             f"experiment {experiment!r} has no sweep {sweep!r}; sweeps: {', '.join(names)}"
         )
@@ -149,13 +149,13 @@ def load(experiment: str, tracking_uri: str, sweep: str | None = None) -> SweepR
         pid = parent["run_id"]
         trials = tracking.fetch_sweep_runs(experiment, uri, parent_run_id=pid)
         pretrains = tracking.fetch_sweep_runs(
-            experiment, uri, parent_run_id=pid, kind=tracking.KIND_PRETRAIN
+            experiment, uri, parent_run_id=pid, kind=Kind.PRETRAIN
         )
         return SweepRuns(experiment, uri, parent, trials, pretrains, chosen[1:])
     # No sweep: runs of `mdfr train` (kind "train") or trials whose parent is gone.
     trials = [
         run
-        for kind in (tracking.KIND_TRIAL, "train")
+        for kind in (Kind.TRIAL, Kind.TRAIN)
         for run in tracking.fetch_sweep_runs(experiment, uri, sweep=sweep, kind=kind)
     ]
     if not trials:

@@ -22,10 +22,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from mdfr.names import VAL_ACC
 from mdfr.report.runs import SweepRuns, metric, outcome
-
-OPTUNA_FILE = "optuna.db"  # mdfr.sweep.driver.OPTUNA_FILE (not imported: it imports Ray deps)
-STATE_FILE = "mdfr_sweep.json"
+from mdfr.sweep.plan import is_mdfr_only
+from mdfr.sweep.state import OPTUNA_FILE, STATE_FILE
 
 
 @dataclass
@@ -54,7 +54,7 @@ def _plan(sweep: SweepRuns) -> dict[str, Any] | None:
 
 def _objective(plan: dict[str, Any] | None) -> tuple[str, str]:
     alg = (plan or {}).get("search_alg") or {}
-    metric_name = alg.get("metric") or "val/acc"
+    metric_name = alg.get("metric") or VAL_ACC
     return metric_name, "minimize" if alg.get("mode") == "min" else "maximize"
 
 
@@ -125,8 +125,6 @@ def _parse(v: str) -> Any:
 
 def from_mlflow(sweep: SweepRuns) -> SearchData | None:
     """Rebuild the search data from the runs' params (search axes) and metrics."""
-    from mdfr.sweep.spec import is_mdfr_only
-
     plan = _plan(sweep)
     axes = sweep.search_axes
     if not axes:

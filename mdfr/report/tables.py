@@ -14,12 +14,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mdfr.config import SETUP_ROWS, SETUPS
+from mdfr.names import VAL_ACC, VIEWS, acc_metric
+from mdfr.registry import PAPER_BACKBONES
 from mdfr.report import paper as paper_mod
 from mdfr.report.runs import backbone_of, metric, mode_of, outcome, seed_of, setup_of
 from mdfr.report.stats import Paired, Summary, mean_ci, paired, seed_order
 
-SELECT_METRIC = "val/acc"
-VIEWS = ("original", "compressed", "restored")
+SELECT_METRIC = VAL_ACC
 
 SETUP_LABELS = {
     "finetune": "fine-tune",
@@ -119,7 +120,7 @@ def table2(trials: list[dict[str, Any]], paper: dict[str, Any]) -> dict[str, lis
         rows = []
         for setup in [*SETUP_ROWS, *extra]:
             runs = [r for r in mine if setup_of(r) == setup]
-            row = make_row(setup, runs, "test/acc_restored")
+            row = make_row(setup, runs, acc_metric("test", "restored"))
             row.paper = paper_mod.table2_value(paper, setup)
             row.extra.update(_row_extra(setup, runs))
             rows.append(row)
@@ -133,7 +134,9 @@ def table2(trials: list[dict[str, Any]], paper: dict[str, Any]) -> dict[str, lis
 def _row_extra(setup: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
     picked = pick_per_seed(runs)
     compressed = {
-        s: v for s, r in picked.items() if (v := _percent(r, "test/acc_compressed")) is not None
+        s: v
+        for s, r in picked.items()
+        if (v := _percent(r, acc_metric("test", "compressed"))) is not None
     }
     optims = sorted(
         {f"{r['params'].get('optim.name', '?')} {r['params'].get('optim.lr', '?')}" for r in runs}
@@ -141,7 +144,7 @@ def _row_extra(setup: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
     mode = SETUPS.get(setup, {}).get("mode", "mdfr")
     losses = sorted({str(r["params"].get("loss.phase_loss", "flatness")) for r in runs})
     return {
-        "balanced": make_row(setup, runs, "test/bacc_restored"),
+        "balanced": make_row(setup, runs, acc_metric("test", "restored", balanced=True)),
         "compressed": compressed,
         "optim": ", ".join(optims) or "—",
         "phase_loss": "—" if mode != "mdfr" else (", ".join(losses) or "—"),
@@ -165,8 +168,6 @@ def table1_runs(trials: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str
 
 
 def backbone_order(names: Iterable[str]) -> list[str]:
-    from mdfr.models.backbones import PAPER_BACKBONES
-
     order = {n: i for i, n in enumerate(PAPER_BACKBONES)}
     return sorted(set(names), key=lambda n: (order.get(n, len(order)), n))
 
@@ -180,7 +181,7 @@ def table1(trials: list[dict[str, Any]], paper: dict[str, Any]) -> dict[str, dic
         ref = paper_mod.table1_row(paper, bb) or {}
         cols = {}
         for view in VIEWS:
-            row = make_row(bb, mine, f"test/acc_{view}")
+            row = make_row(bb, mine, acc_metric("test", view))
             row.paper = ref.get(view)
             cols[view] = row
         out[bb] = cols
@@ -210,7 +211,7 @@ def sweep_cells(trials: list[dict[str, Any]], axes: list[str]) -> dict[str, dict
     out: dict[str, dict[str, Row]] = {}
     for label in _groups(ok, lambda r: cell_label(r, axes)):
         mine = [r for r in ok if cell_label(r, axes) == label]
-        out[label] = {v: make_row(label, mine, f"test/acc_{v}") for v in VIEWS}
+        out[label] = {v: make_row(label, mine, acc_metric("test", v)) for v in VIEWS}
         out[label]["restored"].extra["trials"] = len(mine)
     return out
 

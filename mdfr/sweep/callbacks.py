@@ -12,7 +12,8 @@ from typing import Any
 
 from ray.tune import Callback
 
-from mdfr.sweep.searcher import FINAL_KEY
+from mdfr.names import FINAL_KEY, Outcome, Tag
+from mdfr.tracking import Store
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +31,6 @@ class RunCloser(Callback):
         return {**self.__dict__, "_store": None}  # Tune pickles callbacks into tuner.pkl
 
     def _close(self, trial: Any, status: str, mdfr_status: str) -> None:
-        from mdfr.tracking import Store
-
         key = (trial.config or {}).get("trial_key")
         if not key:
             return
@@ -39,7 +38,7 @@ class RunCloser(Callback):
             self._store = self._store or Store(self.tracking_uri)
             # Created here when the trial died before it could open its run: still one run.
             run_id, _ = self._store.child_run(
-                self.experiment_id, self.parent_run_id, key, {"mdfr.sweep_trial": trial.trial_id}
+                self.experiment_id, self.parent_run_id, key, {Tag.SWEEP_TRIAL: trial.trial_id}
             )
             self._store.finish(run_id, status, mdfr_status)
         except Exception as e:  # noqa: BLE001 - tracking trouble must not kill the sweep
@@ -47,7 +46,7 @@ class RunCloser(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if not (trial.last_result or {}).get(FINAL_KEY):
-            self._close(trial, "FINISHED", "pruned")
+            self._close(trial, "FINISHED", Outcome.PRUNED)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._close(trial, "FAILED", "failed")
+        self._close(trial, "FAILED", Outcome.FAILED)

@@ -24,6 +24,7 @@ the study gets no orphans.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 from pathlib import Path
@@ -39,12 +40,10 @@ from optuna.distributions import (
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
-from mdfr.sweep.spec import Cell, SearchAxis, SweepPlan
+from mdfr.names import FINAL_KEY, STATUS, Outcome
+from mdfr.sweep.plan import Cell, SearchAxis, SweepPlan
 
 log = logging.getLogger(__name__)
-
-# Marks the final report of a trial (after test evaluation): anything else was cut short.
-FINAL_KEY = "mdfr/final"
 
 
 def distribution(axis: SearchAxis) -> BaseDistribution:
@@ -90,6 +89,8 @@ class GridOptunaSearcher(Searcher):
         self._next = 0  # index of the next slot to hand out
         self._live: dict[str, tuple[int, int, int | None]] = {}  # tune id -> cell, sample, number
         self._studies: dict[int, optuna.Study] = {}  # not saved: reopened from storage
+        self._study_ids: dict[int, int] = {}
+        self._optuna_storage: optuna.storages.RDBStorage | None = None
         self._slots: list[tuple[Cell, int]] | None = None
 
     # ----- slots
@@ -132,12 +133,16 @@ class GridOptunaSearcher(Searcher):
         value = result.get(self.metric) if self.metric else None
         if entry is None or entry[2] is None or not _finite(value):
             return
-        study = self._study(self.plan.cells[entry[0]])
+        cell = self.plan.cells[entry[0]]
+        self._study(cell)  # opens the storage and learns the study's id
         step = int(result.get("training_iteration", 0))
+        storage = self._rdb()
         try:
-            study._storage.set_trial_intermediate_value(  # noqa: SLF001
-                _trial_id(study, entry[2]), step, float(value)
+            # Optuna's public storage API: a study trial's number -> its id, then the value.
+            trial = storage.get_trial_id_from_study_id_trial_number(
+                self._study_ids[cell.index], entry[2]
             )
+            storage.set_trial_intermediate_value(trial, step, float(value))
         except optuna.exceptions.UpdateFinishedTrialError:
             pass  # told already: a trial replayed after resume
 
@@ -150,7 +155,7 @@ class GridOptunaSearcher(Searcher):
         study = self._study(self.plan.cells[entry[0]])
         result = result or {}
         value = result.get(self.metric)
-        if error or result.get("status") == "diverged":
+        if error or result.get(STATUS) == Outcome.DIVERGED:
             state, values = TrialState.FAIL, None
         elif result.get(FINAL_KEY) and _finite(value):
             state, values = TrialState.COMPLETE, float(value)
@@ -170,22 +175,23 @@ class GridOptunaSearcher(Searcher):
         self._live = {k: tuple(v) for k, v in state["live"].items()}  # type: ignore[misc]
 
     def save(self, checkpoint_path: str) -> None:
-        import json
-
         Path(checkpoint_path).write_text(json.dumps(self.get_state()))
 
     def restore(self, checkpoint_path: str) -> None:
-        import json
-
         self.set_state(json.loads(Path(checkpoint_path).read_text()))
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles the searcher into tuner.pkl; open studies hold database connections.
         state = dict(self.__dict__)
-        state["_studies"] = {}
+        state.update(_studies={}, _study_ids={}, _optuna_storage=None)
         return state
 
     # ----- Optuna
+
+    def _rdb(self) -> optuna.storages.RDBStorage:
+        if self._optuna_storage is None:
+            self._optuna_storage = optuna.storages.RDBStorage(self.study_storage)
+        return self._optuna_storage
 
     def _study(self, cell: Cell) -> optuna.Study:
         if cell.index not in self._studies:
@@ -194,10 +200,11 @@ class GridOptunaSearcher(Searcher):
             alg = self.plan.search_alg
             study = optuna.create_study(
                 study_name=name,
-                storage=self.study_storage,
+                storage=self._rdb(),
                 direction="maximize" if alg.mode == "max" else "minimize",
                 load_if_exists=True,
             )
+            self._study_ids[cell.index] = self._rdb().get_study_id_from_name(name)
             # Seeded per cell and per study size, so a resumed sampler does not replay the
             # random start-up values it proposed before the crash.
             seed_src = f"{alg.seed}/{cell.index}/{len(study.trials)}".encode()
@@ -223,12 +230,3 @@ class GridOptunaSearcher(Searcher):
 
 def _finite(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _trial_id(study: optuna.Study, number: int) -> int:
-    # Optuna has no public number -> handle lookup; the storage call is public, the study
-    # id is not.
-    return study._storage.get_trial_id_from_study_id_trial_number(  # noqa: SLF001
-        study._study_id,  # noqa: SLF001
-        number,
-    )

@@ -18,26 +18,89 @@ repeat them:
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import ray
+
 from mdfr.config import from_dict, unflatten
+from mdfr.data.patches import prepare
+from mdfr.data.synthetic import synthesize
 from mdfr.errors import MdfrError, UsageError
-from mdfr.sweep.spec import PrepareSpec, SweepPlan, pretrain_base
+from mdfr.names import Kind, Tag
+from mdfr.results import TrialResult
+from mdfr.sweep.plan import Cell, SweepPlan, pretrain_base
+from mdfr.sweep.schema import PrepareSpec
+from mdfr.sweep.state import (
+    SweepState,
+    TrackingContext,
+    abs_path,
+    atomic_write_json,
+    read_json,
+)
+from mdfr.tracking import Store
 
 RESULT_FILE = "result.json"
+TrainFn = Callable[..., TrialResult | dict[str, Any]]
 
 
-def atomic_write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1, default=str)
-    os.replace(tmp, path)
+def run_stages(state: SweepState, train_fn: TrainFn, log: Callable[[str], None]) -> SweepState:
+    """Dataset and pretraining stages; the state with every cell resolved, in phase ``tune``.
+
+    Every cell gets absolute paths (Tune changes the trials' working directory) and, when it
+    needs one, the ``cmi.pt`` of its pretraining stage.
+    """
+    plan = state.plan
+    dataset = str(prepare_dataset(plan.prepare, Path(state.root), log)) if plan.prepare else None
+    cells = [_absolute(c, state, dataset) for c in plan.cells]
+    check_datasets({c.config["data.dataset"] for c in cells})
+    info = dataset_info(cells[0].config["data.dataset"])
+    state = state.replace(dataset_hash=info["hash"], codec=info["codec"])
+    if plan.pretrain is not None:
+        cells = _with_pretrained(cells, state, train_fn, log)
+    return state.replace(plan=plan.with_cells(cells), phase="tune")
+
+
+def _absolute(cell: Cell, state: SweepState, dataset: str | None) -> Cell:
+    ckpt = cell.config["model.cmi_checkpoint"]
+    return cell.with_config(
+        **{
+            "data.dataset": dataset or str(state.path(cell.config["data.dataset"])),
+            "model.cmi_checkpoint": str(state.path(ckpt)) if ckpt else "",
+        }
+    )
+
+
+def check_datasets(paths: set[str]) -> None:
+    """Every dataset a trial reads is prepared (fails before any trial starts)."""
+    for path in sorted(paths):
+        if not (Path(path) / "manifest.json").is_file():
+            raise UsageError(
+                f"dataset {path} is not prepared (no manifest.json): run `mdfr data prepare` "
+                "or add a prepare: section to the sweep file"
+            )
+
+
+def _with_pretrained(
+    cells: list[Cell], state: SweepState, train_fn: TrainFn, log: Callable[[str], None]
+) -> list[Cell]:
+    """Cells that need a pretrained CMI net, pointed at the one their stage produced."""
+    plan = state.plan
+    jobs: dict[str, dict[str, Any]] = {}
+    needs: dict[int, str] = {}
+    for cell in cells:
+        if needs_pretraining(cell.config):
+            flat = pretrain_config(plan, cell.config, plan.resources.cpu)
+            key = pretrain_key(flat, dataset_info(flat["data.dataset"])["hash"])
+            jobs[key] = flat
+            needs[cell.index] = key
+    cache = Path(state.storage) / "cache" / "pretrain"
+    paths = pretrain_all(jobs, cache, plan, train_fn, state.tracking, log)
+    return [
+        c.with_config(**{"model.cmi_checkpoint": paths[needs[c.index]]}) if c.index in needs else c
+        for c in cells
+    ]
 
 
 # --------------------------------------------------------------------------- dataset
@@ -45,16 +108,12 @@ def atomic_write_json(path: Path, data: Any) -> None:
 
 def prepare_dataset(spec: PrepareSpec, root: Path, log: Callable[[str], None] = print) -> Path:
     """Prepare (or reuse) the sweep's dataset; relative paths are taken from ``root``."""
-    from mdfr.data.patches import prepare
-
     if spec.synthesize is not None:
-        from mdfr.data.synthetic import synthesize
-
-        synthesize(_abs(spec.images, root), log=log, **spec.synthesize)
+        synthesize(abs_path(spec.images, root), log=log, **spec.synthesize)
     return prepare(
-        images=_abs(spec.images, root),
+        images=abs_path(spec.images, root),
         codec=spec.codec,
-        out=_abs(spec.out, root),
+        out=abs_path(spec.out, root),
         log=log,
         **spec.options,
     )
@@ -62,9 +121,8 @@ def prepare_dataset(spec: PrepareSpec, root: Path, log: Callable[[str], None] = 
 
 def dataset_info(path: str | Path) -> dict[str, str]:
     """Content hash and codec of a prepared dataset (``unknown`` when not readable)."""
-    try:
-        doc = json.loads((Path(path) / "manifest.json").read_text())
-    except (OSError, ValueError):
+    doc = read_json(Path(path) / "manifest.json")
+    if doc is None:
         return {"hash": "unknown", "codec": "unknown"}
     codec = doc.get("identity", {}).get("codec", {}).get("spec") or doc.get("codec") or "unknown"
     if isinstance(codec, dict):
@@ -73,11 +131,6 @@ def dataset_info(path: str | Path) -> dict[str, str]:
         "hash": str(doc.get("dataset_hash") or doc.get("hash") or "unknown"),
         "codec": str(codec),
     }
-
-
-def _abs(path: str, root: Path) -> Path:
-    p = Path(path).expanduser()
-    return p if p.is_absolute() else (root / p).resolve()
 
 
 # --------------------------------------------------------------------------- pretraining
@@ -103,79 +156,55 @@ def needs_pretraining(cell_flat: dict[str, Any]) -> bool:
     return cell_flat["mode"] in ("finetune", "mdfr") and not cell_flat["model.cmi_checkpoint"]
 
 
-def cached_result(out: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((out / RESULT_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def run_pretrain_stage(
-    flat: dict[str, Any],
-    out: str,
-    train_fn: Callable[..., dict[str, Any]],
-    tracking: dict[str, str],
+    flat: dict[str, Any], out: str, train_fn: TrainFn, tracking: TrackingContext
 ) -> dict[str, Any]:
     """Train one CMI network (inside a Ray task); resumes an interrupted run from its state."""
-    from mdfr.tracking import Store
-
     outp = Path(out)
-    done = cached_result(outp)
+    done = read_json(outp / RESULT_FILE)
     if done is not None:
         return done
     cfg = from_dict(unflatten({**flat, "output_dir": out}))
-    store = Store(tracking["uri"])
-    key = outp.name
+    store = Store(tracking.uri)
     run_id, _ = store.child_run(
-        tracking["experiment_id"],
-        tracking["parent_run_id"],
-        f"pretrain-{key}",
-        _stage_tags(cfg.model.backbone, cfg.seed, tracking),
-        kind="pretrain",
+        tracking.experiment_id,
+        tracking.parent_run_id,
+        f"pretrain-{outp.name}",
+        tracking.tags(cfg),
+        kind=Kind.PRETRAIN,
         reopen=True,
     )
     state = outp / "checkpoint" / "state.pt"
     try:
-        result = train_fn(
-            cfg,
-            report=None,
-            tracker=store.tracker(run_id),
-            checkpoint=str(state.parent) if state.is_file() else None,
+        result = TrialResult.coerce(
+            train_fn(
+                cfg,
+                report=None,
+                tracker=store.tracker(run_id),
+                checkpoint=str(state.parent) if state.is_file() else None,
+            )
         )
     except BaseException:
         store.finish(run_id, "FAILED", "failed")
         raise
-    if result.get("status") != "ok" or not result.get("cmi_checkpoint"):
-        store.finish(run_id, "FAILED", str(result.get("status", "failed")))
+    if not result.ok or not result.cmi_checkpoint:
+        store.finish(run_id, "FAILED", result.status)
         raise MdfrError(
             f"pretraining {cfg.model.backbone} (seed {cfg.seed}) ended with status "
-            f"{result.get('status')!r}; see {out}"
+            f"{result.status!r}; see {out}"
         )
-    keep = {k: v for k, v in result.items() if isinstance(v, str | int | float | bool)}
-    keep["run_id"] = run_id
+    keep = {**result.scalars(), "run_id": run_id}
     atomic_write_json(outp / RESULT_FILE, keep)
-    store.finish(run_id, "FINISHED", "ok")
+    store.finish(run_id, "FINISHED", result.status)
     return keep
-
-
-def _stage_tags(backbone: str, seed: int, tracking: dict[str, str]) -> dict[str, str]:
-    return {
-        "mdfr.sweep": tracking["sweep"],
-        "mdfr.backbone": backbone,
-        "mdfr.seed": str(seed),
-        "mdfr.git_commit": tracking["git_commit"],
-        "mdfr.dataset_hash": tracking["dataset_hash"],
-        "mdfr.codec": tracking["codec"],
-        "mdfr.mode": "pretrain",
-    }
 
 
 def pretrain_all(
     jobs: dict[str, dict[str, Any]],
     cache: Path,
     plan: SweepPlan,
-    train_fn: Callable[..., dict[str, Any]],
-    tracking: dict[str, str],
+    train_fn: TrainFn,
+    tracking: TrackingContext,
     log: Callable[[str], None] = print,
 ) -> dict[str, str]:
     """Run the missing pretraining stages as parallel Ray tasks; key -> ``cmi.pt`` path.
@@ -183,10 +212,6 @@ def pretrain_all(
     Cached stages are not rerun; they still get a (cached-tagged) child run in this sweep so
     the parent run lists every network its trials started from.
     """
-    import ray
-
-    from mdfr.tracking import Store
-
     paths: dict[str, str] = {}
     pending: dict[str, Any] = {}
     remote = ray.remote(run_pretrain_stage).options(
@@ -194,10 +219,10 @@ def pretrain_all(
     )
     for key, flat in sorted(jobs.items()):
         out = cache / key
-        done = cached_result(out)
+        done = read_json(out / RESULT_FILE)
         if done is not None:
             paths[key] = done["cmi_checkpoint"]
-            _record_cached(Store(tracking["uri"]), key, flat, done, tracking)
+            _record_cached(Store(tracking.uri), key, flat, done, tracking)
             log(f"pretraining {flat['model.backbone']} seed {flat['seed']}: cached ({out})")
             continue
         log(f"pretraining {flat['model.backbone']} seed {flat['seed']} -> {out}")
@@ -214,22 +239,20 @@ def pretrain_all(
 
 
 def _record_cached(
-    store: Any, key: str, flat: dict[str, Any], done: dict[str, Any], tracking: dict[str, str]
+    store: Store, key: str, flat: dict[str, Any], done: dict[str, Any], tracking: TrackingContext
 ) -> None:
-    tags = {**_stage_tags(flat["model.backbone"], flat["seed"], tracking), "mdfr.cached": "true"}
+    cfg = from_dict(unflatten(flat))
     run_id, created = store.child_run(
-        tracking["experiment_id"],
-        tracking["parent_run_id"],
+        tracking.experiment_id,
+        tracking.parent_run_id,
         f"pretrain-{key}",
-        tags,
-        kind="pretrain",
+        {**tracking.tags(cfg), Tag.CACHED: "true"},
+        kind=Kind.PRETRAIN,
     )
     if not created:
         return
+    result = TrialResult.from_dict(done)
     tracker = store.tracker(run_id)
-    tracker.set_tags({"mdfr.cmi_checkpoint": str(done.get("cmi_checkpoint"))})
-    tracker.log_metrics(
-        {f"test/{k}": v for k, v in done.items() if k.startswith(("acc_", "bacc_"))},
-        step=int(done.get("epochs", 0)),
-    )
+    tracker.set_tags({Tag.CMI_CHECKPOINT: result.cmi_checkpoint})
+    tracker.log_metrics(result.test_metrics, step=result.epochs)
     store.finish(run_id, "FINISHED", "ok")

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-import json
 import logging
 import math
 from collections.abc import Callable
@@ -29,20 +28,20 @@ from typing import Any
 
 from ray import tune
 
-from mdfr.sweep.searcher import FINAL_KEY
-from mdfr.sweep.spec import SweepPlan
-from mdfr.sweep.stages import atomic_write_json
+from mdfr.config import TrialConfig
+from mdfr.names import EPOCH, FINAL_KEY, STATUS, Outcome, Tag
+from mdfr.results import TrialResult
+from mdfr.sweep.plan import Cell
+from mdfr.sweep.state import TRIAL_RESULT_FILE, SweepState, atomic_write_json, read_json
+from mdfr.tracking import Store, Tracker
 
-RESULT_FILE = "mdfr_result.json"
 ATTEMPTS_FILE = "mdfr_attempts"
-TrainFn = Callable[..., dict[str, Any]]
-
-
-def load_state(path: str) -> dict[str, Any]:
-    return json.loads(Path(path).read_text())
+TrainFn = Callable[..., TrialResult | dict[str, Any]]
 
 
 def default_train_fn() -> TrainFn:
+    # Lazy: the engine imports torch and the models; a sweep's driver and a trial given its own
+    # train_fn (benchmarks) never need them.
     from mdfr.engine import train_trial
 
     return train_trial
@@ -82,20 +81,17 @@ class _Reporter:
         self.held: tuple[dict[str, Any], str | None] | None = None
 
     def __call__(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
-        epoch = metrics.get("epoch")
-        if epoch == self.epochs and metrics.get("status") != "diverged":
+        epoch = metrics.get(EPOCH)
+        if epoch == self.epochs and metrics.get(STATUS) != Outcome.DIVERGED:
             self.held = (dict(metrics), checkpoint_dir)
             return
         tune.report(_scalars(metrics), checkpoint=_checkpoint(checkpoint_dir, epoch))
         self._maybe_fail(epoch)
 
-    def final(self, result: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    def final(self, result: TrialResult) -> tuple[dict[str, Any], Any]:
         metrics, ckpt_dir = self.held or ({}, None)
-        final = dict(metrics)
-        final.update({f"test/{k}": v for k, v in result.items() if k.startswith(("acc_", "bacc_"))})
-        final["status"] = result.get("status", "ok")
-        final[FINAL_KEY] = True
-        return _scalars(final), _checkpoint(ckpt_dir, metrics.get("epoch"))
+        final = {**metrics, **result.test_metrics, STATUS: result.status, FINAL_KEY: True}
+        return _scalars(final), _checkpoint(ckpt_dir, metrics.get(EPOCH))
 
     def _maybe_fail(self, epoch: Any) -> None:
         if not self.fault or "@" not in self.fault:
@@ -117,42 +113,21 @@ def _checkpoint(path: str | None, epoch: Any) -> tune.Checkpoint | None:
 
 def run_trial(config: dict[str, Any], train_fn: TrainFn) -> None:
     """One Tune trial: the slot ``config['cell'], config['sample']`` of the sweep."""
-    from mdfr.tracking import Store
-
-    # One line per persisted checkpoint per epoch would drown the progress table.
+    # One line per persisted checkpoint per epoch would drown the progress output.
     logging.getLogger("ray.train").setLevel(logging.WARNING)
-    state = load_state(config["mdfr_state"])
-    plan = SweepPlan.from_dict(state["plan"])
-    cell = plan.cells[int(config["cell"])]
+    state = SweepState.read(config["mdfr_state"])
+    cell = state.plan.cells[int(config["cell"])]
     sample = int(config["sample"])
     key = cell.trial_key(sample)
-    out = Path(state["exp_dir"]) / "trials" / key
+    out = Path(state.exp_dir) / "trials" / key
     out.mkdir(parents=True, exist_ok=True)
-    values = {name: config[name] for name in cell.search}
-    overrides: dict[str, Any] = {**values, "output_dir": str(out)}
-    if not cell.config.get("train.threads"):
-        # Torch would otherwise use every core of the node, fighting the other trials.
-        overrides["train.threads"] = plan.resources.cpu
-    cfg = plan.cell_config(cell, overrides)
+    cfg = _trial_config(state, cell, config, out)
 
-    store = Store(state["tracking_uri"])
-    tags = {
-        "mdfr.sweep": plan.name,
-        "mdfr.setup": cfg.setup or "",
-        "mdfr.backbone": cfg.model.backbone,
-        "mdfr.seed": str(cfg.seed),
-        "mdfr.mode": cfg.mode,
-        "mdfr.cell": cell.key,
-        "mdfr.sample": str(sample),
-        "mdfr.git_commit": state["git_commit"],
-        "mlflow.source.git.commit": state["git_commit"],
-        "mdfr.dataset_hash": state["dataset_hash"],
-        "mdfr.codec": state["codec"],
-        "mdfr.output_dir": str(out),
-    }
-    done = _load_result(out)
+    store = Store(state.tracking_uri)
+    tags = state.tracking.tags(cfg, cell=cell.key, sample=sample, output_dir=str(out))
+    done = read_json(out / TRIAL_RESULT_FILE)
     run_id, _ = store.child_run(
-        state["experiment_id"], state["parent_run_id"], key, tags, reopen=done is None
+        state.experiment_id, state.parent_run_id, key, tags, reopen=done is None
     )
     if done is not None:
         # Finished in an earlier incarnation of this slot (before a driver crash): replay.
@@ -160,30 +135,42 @@ def run_trial(config: dict[str, Any], train_fn: TrainFn) -> None:
         return
 
     tracker = store.tracker(run_id)
-    attempts = _count_attempt(out)
-    extra = {"mdfr.attempts": str(attempts), "mdfr.status": "running", **tags}
-    reporter = _Reporter(cfg.train.epochs, key, out, state.get("fault", ""))
+    reporter = _Reporter(cfg.train.epochs, key, out, state.fault)
     with contextlib.ExitStack() as stack:
-        resume_dir, resumed_epoch = _resume_point(out, stack)
-        if resume_dir:
-            extra["mdfr.resumed_from_epoch"] = str(resumed_epoch)
-        tracker.set_tags(extra)
+        resume_dir = _start_attempt(out, tracker, tags, stack)
         # On an exception the run stays RUNNING: Tune retries, or the driver's RunCloser
         # records the final outcome (failed, or pruned when ASHA stopped the trial).
-        result = train_fn(cfg, report=reporter, tracker=tracker, checkpoint=resume_dir)
+        result = TrialResult.coerce(
+            train_fn(cfg, report=reporter, tracker=tracker, checkpoint=resume_dir)
+        )
     final, ckpt = reporter.final(result)
-    if result.get("checkpoint"):
-        tracker.set_tags({"mdfr.checkpoint": str(result["checkpoint"])})
-    atomic_write_json(out / RESULT_FILE, final)
-    store.finish(run_id, "FINISHED", str(final["status"]))
+    if result.checkpoint:
+        tracker.set_tags({Tag.CHECKPOINT: result.checkpoint})
+    atomic_write_json(out / TRIAL_RESULT_FILE, final)
+    store.finish(run_id, "FINISHED", result.status)
     tune.report(final, checkpoint=ckpt)
 
 
-def _load_result(out: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((out / RESULT_FILE).read_text())
-    except (OSError, ValueError):
-        return None
+def _trial_config(state: SweepState, cell: Cell, config: dict[str, Any], out: Path) -> TrialConfig:
+    """The cell's config with this sample's search values, its output folder and threads."""
+    overrides: dict[str, Any] = {name: config[name] for name in cell.search}
+    overrides["output_dir"] = str(out)
+    if not cell.config.get("train.threads"):
+        # Torch would otherwise use every core of the node, fighting the other trials.
+        overrides["train.threads"] = state.plan.resources.cpu
+    return state.plan.cell_config(cell, overrides)
+
+
+def _start_attempt(
+    out: Path, tracker: Tracker, tags: dict[str, str], stack: contextlib.ExitStack
+) -> str | None:
+    """Count the attempt, find where it resumes, and tag the run with both."""
+    extra = {Tag.ATTEMPTS: str(_count_attempt(out)), Tag.STATUS: Outcome.RUNNING, **tags}
+    resume_dir, resumed_epoch = _resume_point(out, stack)
+    if resume_dir:
+        extra[Tag.RESUMED_FROM_EPOCH] = str(resumed_epoch)
+    tracker.set_tags(extra)
+    return resume_dir
 
 
 def _count_attempt(out: Path) -> int:

@@ -15,9 +15,9 @@ from typing import Any
 from torch import nn
 
 from mdfr.models.backbones import dpec_convnext, remnet, timm_nets  # noqa: F401  (registration)
-from mdfr.registry import BACKBONES
+from mdfr.registry import BACKBONES, PAPER_BACKBONES
 
-PAPER_BACKBONES = ("remnet", "res2net50", "resnet50", "mobilenet", "dpec_convnext")
+__all__ = ["PAPER_BACKBONES", "backbone_names", "create_backbone"]
 
 
 def create_backbone(
