@@ -69,7 +69,7 @@ def test_three_seed_table_and_paired_test(store_uri, tmp_path):
     assert main([*argv, "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["parent_run_id"] == store_uri["newest"]
-    rows = {r["key"]: r for r in report["table2"]["test_remnet"]}
+    rows = {r["key"]: r for r in report["table2"]["test_remnet"]["rows"]}
     ft = [100 * ACC[("finetune", s)] for s in range(3)]
     wr = [100 * ACC[("wo_res", s)] for s in range(3)]
     half = stats.t.ppf(0.975, 2) * np.std(wr, ddof=1) / math.sqrt(3)

@@ -72,7 +72,8 @@ def test_missing_file_exits_2(tmp_path, capsys):
 
 def test_table2_grid_expands_setups_and_counts_trials_per_cell():
     plan = load_sweep(ROOT / "sweeps" / "table2.yaml")
-    assert plan.num_trials == 6 * 3 == len(plan.cells)
+    # the paper's six setups plus our wrapped-phase-loss variant of #6, three seeds each
+    assert plan.num_trials == 7 * 3 == len(plan.cells)
     by_setup = {c.values["setup"]: c.config for c in plan.cells if c.values["seed"] == 1}
     assert set(by_setup) == set(SETUPS)
     assert by_setup["finetune"]["mode"] == "finetune"
@@ -80,6 +81,8 @@ def test_table2_grid_expands_setups_and_counts_trials_per_cell():
     assert by_setup["backbone"]["model.pooling"] == "max"
     assert by_setup["wo_phase_restore"]["model.phase_restore"] is False
     assert by_setup["proposed"]["model.amplitude_mask"] is True
+    assert by_setup["proposed"]["loss.phase_loss"] == "flatness"  # the paper's loss by default
+    assert by_setup["proposed_wrapped"]["loss.phase_loss"] == "wrapped"
     assert all(c["seed"] == 1 for c in by_setup.values())
 
 
