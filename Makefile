@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test test-fast lint clean-results
+.PHONY: venv demo test test-fast lint clean-results provenance
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,3 +31,8 @@ lint: $(STAMP)
 
 clean-results:
 	rm -rf results/mlflow.db results/mlartifacts results/ray results/data results/cache results/demo results/optuna
+
+# Before `ray up`, `ray job submit --working-dir .` or `docker build`: clusters never see .git,
+# so the commit and dirty flag travel in a PROVENANCE file (mdfr/provenance.py).
+provenance: $(STAMP)
+	$(BIN)/python -m mdfr.provenance

@@ -13,7 +13,8 @@
 # Environment (all optional):
 #   MDFR_RAY_PORT             GCS port of the head                      (6390)
 #   MDFR_RAY_DASHBOARD_PORT   dashboard / job API port                  (8275)
-#   MDFR_RAY_TMP              state, logs, token and node temp dirs     (/tmp/mdfr-ray-$UID)
+#   MDFR_RAY_TMP              state, logs, token and node temp dirs: a private folder
+#                             ($XDG_RUNTIME_DIR/mdfr-ray, else ~/.cache/mdfr-ray; mode 0700)
 #   MDFR_RAY_HEAD_CPUS        CPUs the head offers to trials            (1)
 #   MDFR_RAY_WORKER_CPUS      CPUs each worker offers                   (1)
 #   MDFR_RAY_WORKER_GPUS      GPUs each worker offers                   (0)
@@ -22,6 +23,11 @@
 #   MDFR_RAY_BIN              the `ray` executable  (.venv/bin/ray of this project, else PATH)
 #   RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH   use this token instead of generating
 #                             $MDFR_RAY_TMP/auth_token
+#
+# The folder and the token in it are checked before use: a folder that is a symlink, belongs
+# to another user or that other users may write, or a token file that is a symlink, belongs to
+# another user or that others may read, is refused. (A fixed /tmp path would let another local
+# user create it first and plant a token this script would then trust.)
 # Anything else in the environment (MLFLOW_TRACKING_USERNAME/PASSWORD, AWS_* ...) is inherited
 # by every node, hence by every trial and by jobs submitted to the cluster.
 #
@@ -39,8 +45,15 @@ ROOT=$(dirname "$HERE")
 
 PORT=${MDFR_RAY_PORT:-6390}
 DASH_PORT=${MDFR_RAY_DASHBOARD_PORT:-8275}
-# Short default: Ray puts unix sockets under the temp dir and socket paths max out at 107 bytes.
-TMP=${MDFR_RAY_TMP:-/tmp/mdfr-ray-$(id -u)}
+# Per-user, private defaults (short: Ray puts unix sockets under the temp dir and socket paths
+# max out at 107 bytes). Never a fixed name under the shared /tmp.
+if [ -n "${MDFR_RAY_TMP:-}" ]; then
+  TMP=$MDFR_RAY_TMP
+elif [ -n "${XDG_RUNTIME_DIR:-}" ] && [ -d "$XDG_RUNTIME_DIR" ] && [ -O "$XDG_RUNTIME_DIR" ]; then
+  TMP=$XDG_RUNTIME_DIR/mdfr-ray
+else
+  TMP=${XDG_CACHE_HOME:-$HOME/.cache}/mdfr-ray
+fi
 HEAD_CPUS=${MDFR_RAY_HEAD_CPUS:-1}
 WORKER_CPUS=${MDFR_RAY_WORKER_CPUS:-1}
 WORKER_GPUS=${MDFR_RAY_WORKER_GPUS:-0}
@@ -83,6 +96,30 @@ export RAY_AUTH_MODE=token
 if [ -z "${RAY_AUTH_TOKEN:-}" ]; then
   export RAY_AUTH_TOKEN_PATH=${RAY_AUTH_TOKEN_PATH:-$TMP/auth_token}
 fi
+
+owner_and_mode() { stat -c '%u %a' -- "$1"; }  # GNU stat: uid, octal mode
+
+# The cluster's folder: created 0700 when missing; otherwise a real folder of ours that no
+# other user may write (they could plant pid files for `stop` or a token for `start`).
+secure_dir() {
+  local d=$1 uid mode
+  if [ ! -e "$d" ] && [ ! -L "$d" ]; then (umask 077 && mkdir -p -- "$d") || die "cannot create $d"; fi
+  [ ! -L "$d" ] || die "$d is a symlink; refusing it as the cluster's private folder (set MDFR_RAY_TMP)"
+  [ -d "$d" ] || die "$d is not a folder (set MDFR_RAY_TMP)"
+  read -r uid mode <<<"$(owner_and_mode "$d")"
+  [ "$uid" = "$(id -u)" ] || die "$d belongs to uid $uid, not you: refusing it (set MDFR_RAY_TMP to a folder of yours)"
+  (( (8#$mode & 8#022) == 0 )) || die "$d is writable by other users (mode $mode): chmod 700 it or set MDFR_RAY_TMP"
+}
+
+# A token file found on disk is used only if it is ours and private.
+check_token_file() {
+  local f=$1 uid mode
+  [ ! -L "$f" ] || die "token file $f is a symlink: refusing it; remove it to have a new token made"
+  [ -f "$f" ] || die "token file $f is not a regular file"
+  read -r uid mode <<<"$(owner_and_mode "$f")"
+  [ "$uid" = "$(id -u)" ] || die "token file $f belongs to uid $uid, not you: refusing it; remove it to have a new token made"
+  (( (8#$mode & 8#077) == 0 )) || die "token file $f is readable by other users (mode $mode): refusing it; remove it to have a new token made"
+}
 
 auth_token() { if [ -n "${RAY_AUTH_TOKEN:-}" ]; then printf %s "$RAY_AUTH_TOKEN"; else cat "$RAY_AUTH_TOKEN_PATH"; fi; }
 
@@ -198,7 +235,6 @@ stop_all() {
 cmd_start() {
   local n=${1:-1} i deadline alive name pid
   [[ $n =~ ^[0-9]+$ ]] || die "N must be a number of worker nodes, got '$n'"
-  mkdir -p "$TMP"
   while read -r name pid; do
     pid_alive "$pid" && our_group "$pid" && die "a cluster is already running under $TMP ($name, pid $pid); run 'cluster/local.sh stop' first"
     rm -f "$TMP/$name.pid"
@@ -206,8 +242,15 @@ cmd_start() {
   port_busy "$PORT" && die "port $PORT is in use: set MDFR_RAY_PORT to a free port"
   port_busy "$DASH_PORT" && die "port $DASH_PORT is in use: set MDFR_RAY_DASHBOARD_PORT to a free port"
 
-  if [ -z "${RAY_AUTH_TOKEN:-}" ] && [ ! -s "$RAY_AUTH_TOKEN_PATH" ]; then
-    (umask 077 && "$PY" -c 'import secrets; print(secrets.token_hex(32), end="")' >"$RAY_AUTH_TOKEN_PATH")
+  if [ -z "${RAY_AUTH_TOKEN:-}" ]; then
+    if [ -e "$RAY_AUTH_TOKEN_PATH" ] || [ -L "$RAY_AUTH_TOKEN_PATH" ]; then
+      check_token_file "$RAY_AUTH_TOKEN_PATH"
+      [ -s "$RAY_AUTH_TOKEN_PATH" ] || die "token file $RAY_AUTH_TOKEN_PATH is empty: remove it to have a new token made"
+    else
+      # noclobber: O_EXCL, so nothing planted between the check and the write is followed.
+      (umask 077 && set -C && "$PY" -c 'import secrets; print(secrets.token_hex(32), end="")' >"$RAY_AUTH_TOKEN_PATH") \
+        || die "cannot create the token file $RAY_AUTH_TOKEN_PATH"
+    fi
   fi
 
   start_node head --head --port "$PORT" \
@@ -263,6 +306,9 @@ cmd_kill_worker() {
   echo "local.sh: killed worker $i (process group $pid)"
 }
 
+case "${1:-}" in
+  start | stop | status | kill-worker) secure_dir "$TMP" ;;
+esac
 case "${1:-}" in
   start) shift; cmd_start "$@" ;;
   stop) stop_all ;;

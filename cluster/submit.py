@@ -17,7 +17,7 @@ Environment (the process's own values win over cluster.env):
     MDFR_PROJECT_DIR     the project on the head            (~/mdfr)
     MDFR_CLUSTER_ENV     the settings file                  (~/mdfr-secrets/cluster.env)
     MDFR_STORAGE         shared Tune storage, e.g. /mnt/mdfr/ray (required)
-    MLFLOW_TRACKING_URI  the tracking server, e.g. http://10.0.1.5:5000 (required)
+    MLFLOW_TRACKING_URI  the tracking server, e.g. https://mlflow.internal.example.org (required)
     RAY_ADDRESS          the cluster                        (auto: the one this head runs)
 
 Only the standard library: it runs before anything is imported from the project.
@@ -85,6 +85,13 @@ def main(argv: list[str]) -> int:
     # The driver joins a token-authenticated cluster; the token is ~/.ray/auth_token there.
     os.environ.setdefault("RAY_AUTH_MODE", "token")
     cmd = build_command(argv, dict(os.environ))
+    if not (project / "PROVENANCE").is_file() and not os.environ.get("MDFR_GIT_COMMIT"):
+        # The upload leaves .git behind: without this file runs say git_commit=unknown.
+        print(
+            f"submit.py: warning: no {project}/PROVENANCE: runs will be tagged "
+            "git_commit=unknown; run `make provenance` in your checkout, then `ray up` again",
+            file=sys.stderr,
+        )
     os.chdir(project)
     print(f"submit.py: in {project}: {shlex.join(cmd)}", file=sys.stderr, flush=True)
     os.execv(cmd[0], cmd)

@@ -8,13 +8,14 @@ and referenced everywhere by the SHA-256 of its bytes.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from mdfr.errors import MdfrError, UsageError
+from mdfr.errors import DataError, UsageError
 from mdfr.hashing import file_sha256
 
 STATE_FILE = "state.pt"
@@ -40,16 +41,48 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
 
 
 def safe_load(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True`` (no pickled code runs)."""
+    """Load a checkpoint with ``weights_only=True`` (no pickled code runs).
+
+    Raises:
+        UsageError: no such file.
+        DataError: not a checkpoint mdfr can load: damaged, not PyTorch's format, or holding
+            Python objects beyond tensors. torch's own message for the last case advises
+            retrying with ``weights_only=False``, which would run code from the file: it is
+            not passed on.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / STATE_FILE
     if not path.is_file():
         raise UsageError(f"checkpoint not found: {path}")
+    obj = load_weights(path)
+    if not isinstance(obj, dict):
+        raise DataError(f"checkpoint {path}: holds a {type(obj).__name__}, not an mdfr checkpoint")
+    return obj
+
+
+def load_weights(path: str | Path) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, with one clean :class:`DataError`
+    naming the file for every way a file can fail to load (see :func:`safe_load`)."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for corrupt or foreign files
-        raise MdfrError(f"cannot read checkpoint {path}: {e}") from e
+        raise DataError(f"checkpoint {path}: {_why_unloadable(e)}") from None
+
+
+def _why_unloadable(e: Exception) -> str:
+    text = str(e)
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found:
+        return (
+            f"holds Python objects besides tensors ({found.group(1)}); mdfr loads weights "
+            "only and never runs code from a checkpoint: use a file written by mdfr"
+        )
+    if "zip archive" in text or "central directory" in text:
+        return "damaged or truncated (not a complete PyTorch zip archive)"
+    if "Weights only load failed" in text:
+        return "not a PyTorch checkpoint (the weights-only loader cannot parse it)"
+    return f"not a PyTorch checkpoint ({type(e).__name__}: {text.splitlines()[0] if text else ''})"
 
 
 def export_cmi(

@@ -49,21 +49,39 @@ def main(argv: list[str] | None = None) -> int:
     # says nothing a user of mdfr can act on.
     warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version (0) and argparse's usage errors (2)
+        return e.code if isinstance(e.code, int) else 2
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     debug = args.debug or os.environ.get("MDFR_DEBUG") == "1"
+    # "data prepare", "sweep run": the same prefix argparse puts on its own errors.
+    actions = (getattr(args, k, None) for k in ("action", "codec_command", "sweep_command"))
+    command = " ".join([args.command, *(a for a in actions if isinstance(a, str))])
     try:
         return int(args.func(args) or 0)
     except MdfrError as e:
-        if debug:
-            traceback.print_exc()
-        print(f"mdfr {args.command}: error: {e}", file=sys.stderr)
-        return e.exit_code
+        return _fail(command, str(e), e.exit_code, debug)
     except KeyboardInterrupt:
-        print(f"mdfr {args.command}: interrupted", file=sys.stderr)
+        print(f"mdfr {command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:
+        # A path the checks did not foresee (permissions, a full disk, a symlink loop).
+        where = f"{e.filename}: " if e.filename else ""
+        return _fail(command, f"{where}{e.strerror or e}", 1, debug)
+    except Exception as e:  # noqa: BLE001 - a bug: one line, the traceback behind --debug
+        text = str(e).strip().splitlines()
+        msg = f"unexpected {type(e).__name__}: {text[0] if text else ''} (a bug in mdfr? "
+        return _fail(command, msg + "rerun with --debug for the traceback)", 1, debug)
+
+
+def _fail(command: str, message: str, code: int, debug: bool) -> int:
+    if debug:
+        traceback.print_exc()
+    print(f"mdfr {command}: error: {message}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

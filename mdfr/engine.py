@@ -45,7 +45,8 @@ from tqdm import tqdm
 from mdfr import checkpoints as ckpt
 from mdfr import evaluate
 from mdfr.config import TrialConfig
-from mdfr.data.loader import load_amplitude_increment, load_manifest, make_loader
+from mdfr.data.loader import load_amplitude_increment, make_loader
+from mdfr.data.manifest import require_splits
 from mdfr.devices import resolve_device
 from mdfr.errors import UsageError
 from mdfr.hashing import file_sha256
@@ -129,7 +130,7 @@ def default_output_dir(cfg: TrialConfig) -> Path:
 def _build(cfg: TrialConfig) -> _Trial:
     device = _device(cfg.train.device)
     root = Path(cfg.data.dataset).expanduser().resolve()
-    manifest = load_manifest(root)
+    manifest = require_splits(root)
     classes = list(manifest["classes"])
     out = Path(cfg.output_dir or default_output_dir(cfg)).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -19,9 +19,10 @@ import hashlib
 import math
 import os
 import random
-import subprocess
+import socket
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -57,9 +58,22 @@ def resolve_uri(uri: str, base: str | Path | None = None) -> str:
     return uri
 
 
-# Schemes MLflow 3.17 can track to. File stores (a folder, file://) are not among them: MLflow
-# refuses them at the first call, so they are refused when a sweep file or option is read.
+def _sqlite_path(uri: str) -> Path | None:
+    return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
+
+
+DEFAULT_URI = "sqlite:///results/mlflow.db"
+# Schemes MLflow 3.17 can track to (SQLAlchemy dialects may add "+driver"). File stores (a
+# folder, file://) are not among them: MLflow refuses them at the first call, so they are
+# refused when a sweep file or option is read.
 URI_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
+_DB_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
+REACH_TIMEOUT_S = 5.0
+
+
+def _file_store_allowed() -> bool:
+    # MLflow's own opt-out for its deprecated file store; without it MLflow refuses at run time.
+    return os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() in ("1", "true")
 
 
 def check_tracking_uri(value: Any, where: str = "tracking_uri") -> str:
@@ -70,42 +84,115 @@ def check_tracking_uri(value: Any, where: str = "tracking_uri") -> str:
         where: how the user gave it, named in the error (``tracking_uri``, ``--tracking-uri``).
 
     Raises:
-        ConfigError: empty, a file store, an unsupported scheme or a malformed ``sqlite:`` URI.
+        ConfigError: empty, a file store (unless ``MLFLOW_ALLOW_FILE_STORE=true``), an
+            unsupported scheme, a malformed ``sqlite:`` URI or a server URI without a host or
+            with a bad port.
     """
-    if not isinstance(value, str) or not value:
+    if not isinstance(value, str) or not value.strip():
         raise ConfigError(where, f"expected an MLflow tracking URI, got {value!r}")
     scheme = value.split("://", 1)[0] if "://" in value else ""
     if scheme in ("", "file"):
+        if _file_store_allowed():
+            return value
         raise ConfigError(
             where,
             f"got {value!r}: a file store, which MLflow 3.17 cannot use; use "
-            "sqlite:///<path>.db on one machine (e.g. sqlite:///results/mlflow.db) or a tracking "
-            "server, http(s)://HOST:PORT",
+            f"sqlite:///<path>.db on one machine (e.g. {DEFAULT_URI}) or a tracking "
+            "server, https://HOST[:PORT]",
         )
     if scheme.split("+", 1)[0] not in URI_SCHEMES:
         raise ConfigError(
             where,
             f"unsupported scheme {scheme!r} in {value!r}; allowed: {', '.join(URI_SCHEMES)}",
         )
-    if scheme == "sqlite" and not value.startswith("sqlite:///"):
+    if scheme == "sqlite" and (not value.startswith("sqlite:///") or value == "sqlite:///"):
         raise ConfigError(where, f"expected sqlite:///<path to .db>, got {value!r}")
+    if scheme in ("http", "https"):
+        parsed = urllib.parse.urlsplit(value)
+        try:
+            parsed.port  # noqa: B018 - raises ValueError on a port that is not 0-65535
+        except ValueError:
+            raise ConfigError(where, f"bad port in {value!r}") from None
+        if not parsed.hostname:
+            raise ConfigError(where, f"expected {scheme}://host[:port], got {value!r}")
     return value
 
 
-def _sqlite_path(uri: str) -> Path | None:
-    return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
+def connect(uri: str, where: str = "--tracking-uri", timeout: float = REACH_TIMEOUT_S) -> Store:
+    """The store at ``uri`` after checking it: bad URI -> exit 2, unusable store -> exit 1.
+
+    Every command that talks to a tracking store opens it here, so none of them waits
+    minutes on a dead server (MLflow's own client retries for about four).
+    """
+    uri = resolve_uri(check_tracking_uri(uri, where))
+    check_reachable(uri, timeout)
+    return Store(uri)
 
 
-def check_reachable(uri: str, timeout: float = 5.0) -> None:
+def _tcp_probe(uri: str, timeout: float) -> None:
+    """Connect to a database server's port: a dead host fails in ``timeout`` seconds, not the
+    minutes a driver's connect retries can take."""
+    parsed = urllib.parse.urlsplit(uri)
+    scheme = parsed.scheme.split("+", 1)[0]
+    if scheme not in _DB_PORTS or not parsed.hostname:
+        return  # a Unix socket or a databricks profile: nothing to probe
+    try:
+        port = parsed.port or _DB_PORTS[scheme]
+    except ValueError:
+        raise MdfrError(f"tracking store {_redact(uri)}: bad port") from None
+    try:
+        with socket.create_connection((parsed.hostname, port), timeout=timeout):
+            pass
+    except OSError as e:
+        raise MdfrError(
+            f"tracking store {_redact(uri)} is unreachable ({parsed.hostname}:{port}: "
+            f"{e.strerror or e}); start the database or fix the URI"
+        ) from None
+
+
+def _db_login(uri: str, timeout: float) -> None:
+    """One connection with a bounded timeout. MLflow's own engine retries a refused login ten
+    times with exponential back-off (about two minutes) and has no setting to shorten that."""
+    import sqlalchemy
+
+    scheme = uri.split("://", 1)[0].split("+", 1)[0]
+    if scheme not in ("postgresql", "mysql"):
+        return
+    args = {"connect_timeout": max(1, math.ceil(timeout))}
+    try:
+        engine = sqlalchemy.create_engine(
+            uri, connect_args=args, poolclass=sqlalchemy.pool.NullPool
+        )
+        with engine.connect():
+            pass
+    except Exception as e:  # noqa: BLE001 - the driver's errors differ; all mean "unusable"
+        raise MdfrError(f"tracking store {_redact(uri)} is unusable: {_first_line(e)}") from None
+
+
+def _redact(uri: str) -> str:
+    """``uri`` without a password (database URIs may carry one)."""
+    parsed = urllib.parse.urlsplit(uri)
+    if parsed.password is None:
+        return uri
+    netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@", 1)
+    return urllib.parse.urlunsplit(parsed._replace(netloc=netloc))
+
+
+def check_reachable(
+    uri: str, timeout: float = REACH_TIMEOUT_S, where: str = "tracking URI"
+) -> None:
     """Fail fast (before any trial starts) when the tracking store cannot be used.
 
     A server must answer ``/health`` (no authentication there) and then one authenticated read
     with this process's credentials, so wrong or missing ``MLFLOW_TRACKING_USERNAME`` and
     ``MLFLOW_TRACKING_PASSWORD`` stop the sweep here instead of failing every trial later.
+    A database server must accept a TCP connection within ``timeout``, then one query.
 
     Raises:
+        ConfigError: a URI no MLflow store can have (exit 2).
         MdfrError: naming the URI and what to do.
     """
+    check_tracking_uri(uri, where)
     if uri.startswith(("http://", "https://")):
         url = uri.rstrip("/") + "/health"
         try:
@@ -117,7 +204,7 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
             raise MdfrError(
                 f"MLflow tracking server {uri} is unreachable ({reason}); start it "
                 "(`mlflow server --host 127.0.0.1 --port 5000`) or use "
-                "--tracking-uri sqlite:///results/mlflow.db"
+                f"--tracking-uri {DEFAULT_URI}"
             ) from None
         _check_read(uri, timeout)
         return
@@ -125,19 +212,30 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
     if path is None and uri.startswith("file://"):
         path = Path(uri[len("file://") :]) / "x"
     if path is not None:
+        if path.is_dir():
+            raise ConfigError(where, f"{uri}: {path} is a directory, not a SQLite file")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise MdfrError(f"tracking store {uri}: cannot create {path.parent} ({e})") from None
+            raise MdfrError(
+                f"tracking store {uri}: cannot create {path.parent} ({e.strerror or e})"
+            ) from None
         if not os.access(path.parent, os.W_OK):
             raise MdfrError(f"tracking store {uri}: {path.parent} is not writable")
         return
-    # Other database URIs (postgresql://...): one cheap call, bounded by MLflow's own timeout.
+    # Database URIs (postgresql://...): the port, one login, then one cheap MLflow call.
+    _tcp_probe(uri, timeout)
+    _db_login(uri, timeout)
     try:
         with _one_quick_request(timeout):
             Store(uri).client.search_experiments(max_results=1)
     except Exception as e:  # noqa: BLE001 - any failure means "unusable"
-        raise MdfrError(f"tracking store {uri} is unusable: {e}") from None
+        raise MdfrError(f"tracking store {_redact(uri)} is unusable: {_first_line(e)}") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 @contextlib.contextmanager
@@ -170,7 +268,7 @@ def _check_read(uri: str, timeout: float) -> None:
 
     try:
         # A healthy server may still be slow to answer a query (its database is busy).
-        with _one_quick_request(max(timeout, 30.0)):
+        with _one_quick_request(max(timeout, 15.0)):
             Store(uri).client.search_experiments(max_results=1)
     except MlflowException as e:
         code = e.get_http_status_code()
@@ -227,21 +325,6 @@ def _retry(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
                 raise
             time.sleep(delay * (1 + random.random()))
             delay = min(delay * 2, 2.0)
-
-
-def git_commit(cwd: str | Path | None = None) -> str:
-    """The project's current commit (``unknown`` outside a git checkout)."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=cwd or Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() if out.returncode == 0 else "unknown"
 
 
 def _q(value: str) -> str:

@@ -312,7 +312,7 @@ def test_learned_rejects_foreign_checkpoints(tmp_path: Path) -> None:
 
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"garbage")
-    with pytest.raises(DataError, match="junk.pt: not a readable codec checkpoint"):
+    with pytest.raises(DataError, match="junk.pt: not a PyTorch checkpoint"):
         create_codec(f"learned:{junk}")
     bare = tmp_path / "bare.pt"
     torch.save({"g_a.0.weight": torch.zeros(1)}, bare)

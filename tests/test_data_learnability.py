@@ -41,7 +41,7 @@ def learn_dataset(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("learn")
     images = synthesize(tmp / "vision", models=4, images_per_device=8, size=192, seed=1)
     return prepare(
-        images, "jpeg:90", tmp / "ds", patches_per_image=0, val_frac=0.0, test_frac=0.3, seed=1
+        images, "jpeg:90", tmp / "ds", patches_per_image=0, val_frac=0.1, test_frac=0.3, seed=1
     )
 
 

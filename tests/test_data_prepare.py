@@ -184,6 +184,10 @@ def test_bad_options(synth_images, tmp_path):
         {"selection": "best"},
         {"subsets": "nat,outdoor"},
         {"val_frac": 0.6, "test_frac": 0.5},
+        {"val_frac": 0.0},  # an empty split: no trial could validate or report on it
+        {"test_frac": 0.0},
+        {"val_frac": float("nan")},
+        {"images_per_model": 2},  # 2 images per model cannot fill three splits
     ):
         with pytest.raises(UsageError):
             prepare(synth_images, "jpeg:50", tmp_path / "x", **kw)

@@ -153,10 +153,16 @@ def test_smoke_sweep_has_a_parent_and_one_child_run_per_trial(smoke_run):
     assert set(EPOCH_METRICS) - {"train/loss"} <= reported
     pretrain = _runs(out, kind="pretrain")
     assert len(pretrain) == 1 and pretrain[0]["status"] == "FINISHED"
+    from mdfr.provenance import current
     from mdfr.tracking import Store
 
     parent = Store(out.tracking_uri).client.get_run(out.parent_run_id)
     assert parent.info.status == "FINISHED" and parent.data.tags["mdfr.kind"] == "sweep"
+    # provenance recorded by the driver reaches the parent, every trial and every stage
+    prov = current().tags()
+    for tags in [parent.data.tags] + [r["tags"] for r in runs + pretrain]:
+        for key in ("mlflow.source.git.commit", "mdfr.git_dirty", "mdfr.source_digest"):
+            assert tags.get(key) == prov[key], (key, tags)
 
 
 def test_trial_crashing_once_is_retried_from_its_checkpoint(smoke_run):
@@ -221,4 +227,7 @@ def test_killed_driver_then_resume_finishes_every_trial_once(
     # the second sweep reused the first one's pretrained network
     (pre,) = _runs(out, kind="pretrain")
     assert pre["tags"].get("mdfr.cached") == "true"
-    assert len(list((work / "ray" / "cache" / "pretrain").iterdir())) == 1
+    cache = work / "ray" / "cache" / "pretrain"
+    # one published entry; stages train in cache/.work/ and move out when done (issue 13)
+    assert len([e for e in cache.iterdir() if not e.name.startswith(".")]) == 1
+    assert not list((cache / ".work").iterdir())

@@ -13,7 +13,6 @@ import datetime as _dt
 import json
 import os
 import platform
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -56,22 +55,13 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _git(*args: str) -> str | None:
-    root = Path(__file__).resolve().parents[2]
-    try:
-        out = subprocess.run(
-            ["git", *args], cwd=root, capture_output=True, text=True, timeout=10, check=False
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
 def git_state() -> dict[str, Any]:
-    """Commit of the checkout and whether it has uncommitted changes (``None`` outside git)."""
-    commit = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": commit, "dirty": bool(status) if status is not None else None}
+    """Commit of the code and whether it had uncommitted changes (:mod:`mdfr.provenance`)."""
+    from mdfr.provenance import UNKNOWN, current
+
+    prov = current()
+    commit = None if prov.commit == UNKNOWN else prov.commit
+    return {"commit": commit, "dirty": prov.dirty, "source_digest": prov.source_digest}
 
 
 def load_average() -> list[float] | None:

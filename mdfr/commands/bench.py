@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mdfr.commands.options import NON_NEGATIVE_FLOAT, POSITIVE, POSITIVE_FLOAT
 from mdfr.errors import UsageError
 
 HELP = "measure training, loading and sweep throughput"
@@ -83,7 +84,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     g.add_argument(
         "--peak-tflops",
-        type=float,
+        type=POSITIVE_FLOAT,
         help="device peak for MFU (default: looked up from the GPU name)",
     )
     g.add_argument(
@@ -100,7 +101,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="prepared dataset (default: a synthetic one, made once under --cache)",
     )
-    g.add_argument("--seconds", type=float, help="timed seconds per loader measurement")
+    g.add_argument("--seconds", type=POSITIVE_FLOAT, help="timed seconds per loader measurement")
     g.add_argument(
         "--batch-sizes",
         dest="batch_sizes",
@@ -112,14 +113,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("sweep")
     g.add_argument("--trials", type=int, help="trials of the overhead sweep (default 4)")
     g.add_argument(
-        "--trial-seconds", dest="trial_s", type=float, help="length of each trial (default 30)"
+        "--trial-seconds",
+        dest="trial_s",
+        type=POSITIVE_FLOAT,
+        help="length of each trial (default 30)",
     )
     g.add_argument("--epochs", type=int, help="reports per trial (default 5)")
     g.add_argument("--concurrency", type=int, help="trials at once (default 2)")
     g.add_argument(
         "--checkpoint-mb",
         dest="checkpoint_mb",
-        type=float,
+        type=NON_NEGATIVE_FLOAT,
         help="checkpoint each trial writes per epoch (default 1; paper width ~360)",
     )
     g.add_argument(
@@ -136,12 +140,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="trials per GPU to compare (default 1,4; cuda only)",
     )
     g.add_argument(
-        "--packing-seconds", type=float, help="timed window per packing trial (default 20)"
+        "--packing-seconds", type=POSITIVE_FLOAT, help="timed window per packing trial (default 20)"
     )
     g.add_argument(
         "--packing-variant", help="step variant packing trials train (default bf16_channels_last)"
     )
-    g.add_argument("--packing-batch", type=int, help="batch of packing trials (default 64)")
+    g.add_argument("--packing-batch", type=POSITIVE, help="batch of packing trials (default 64)")
     g.add_argument(
         "--packing-runner",
         choices=("auto", "ray", "processes"),

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import warnings
 from pathlib import Path
 
+from mdfr.commands.options import NON_NEGATIVE, POSITIVE, POSITIVE_FLOAT, SEED, float_in, int_in
 from mdfr.errors import UsageError
 
 
@@ -34,17 +36,41 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="bmshj2018-factorized | bmshj2018-hyperprior | mbt2018-mean | mdfr-factorized-s2 | "
         "mdfr-factorized-s3 (ours: 2 or 3 stages, train to a usable quality on a CPU)",
     )
-    tr.add_argument("--quality", type=int, default=3, help="zoo quality picking (N, M)")
+    tr.add_argument(
+        "--quality",
+        type=int_in(1, 8),
+        default=3,
+        help="zoo quality level, 1-8: picks the channel widths N, M (3)",
+    )
     tr.add_argument("--channels", type=_channels, help="N,M overriding --quality, e.g. 64,96")
-    tr.add_argument("--lmbda", type=float, default=0.01, help="rate-distortion trade-off")
-    tr.add_argument("--steps", type=int, default=2000)
-    tr.add_argument("--batch", type=int, default=8)
-    tr.add_argument("--crop", type=int, default=64, help="crop side, multiple of the stride")
-    tr.add_argument("--lr", type=float, default=1e-4)
-    tr.add_argument("--aux-lr", type=float, default=1e-3, help="entropy-bottleneck quantiles")
-    tr.add_argument("--decay-at", type=float, default=0.9, help="fraction of steps; lr / 10")
-    tr.add_argument("--pool", type=int, default=2048, help="crops decoded up front")
-    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument(
+        "--lmbda",
+        type=POSITIVE_FLOAT,
+        default=0.01,
+        help="rate-distortion trade-off: weight of the distortion term, > 0 (0.01)",
+    )
+    tr.add_argument("--steps", type=POSITIVE, default=2000, help="training steps (2000)")
+    tr.add_argument("--batch", type=POSITIVE, default=8, help="crops per step (8)")
+    tr.add_argument(
+        "--crop", type=POSITIVE, default=64, help="crop side, a multiple of the stride (64)"
+    )
+    tr.add_argument("--lr", type=POSITIVE_FLOAT, default=1e-4, help="learning rate (1e-4)")
+    tr.add_argument(
+        "--aux-lr",
+        type=POSITIVE_FLOAT,
+        default=1e-3,
+        help="learning rate of the entropy-bottleneck quantiles (1e-3)",
+    )
+    tr.add_argument(
+        "--decay-at",
+        type=float_in(0, 1),
+        default=0.9,
+        help="fraction of the steps after which the learning rates drop tenfold (0.9)",
+    )
+    tr.add_argument(
+        "--pool", type=POSITIVE, default=2048, help="crops decoded up front and sampled from (2048)"
+    )
+    tr.add_argument("--seed", type=SEED, default=0, help="seed for crops and weights (0)")
     tr.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:<i>")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
     tr.set_defaults(func=run_train)
@@ -53,7 +79,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--codec", required=True, help="codec spec (see 'mdfr codec list')")
     ev.add_argument("--checkpoint", type=Path, help="weights for compressai:<zoo>:<q>")
     ev.add_argument("--images", required=True, type=Path, help="folder of images (recursive)")
-    ev.add_argument("--limit", type=int, default=16, help="first N images (0 = all)")
+    ev.add_argument("--limit", type=NON_NEGATIVE, default=16, help="first N images, 0 = all (16)")
     ev.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:<i>")
     ev.add_argument("--json", action="store_true", help="print JSON")
     ev.set_defaults(func=run_eval)
@@ -69,7 +95,14 @@ def _channels(text: str) -> tuple[int, int]:
         n, m = (int(v) for v in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected N,M (two integers), got {text!r}") from None
+    if n < 1 or m < 1:
+        raise argparse.ArgumentTypeError(f"expected two positive channel counts, got {text!r}")
     return n, m
+
+
+def _plain(text: str) -> str:
+    """A docstring line for a terminal: reStructuredText ``literals`` become 'literals'."""
+    return re.sub(r"``([^`]+)``", r"'\1'", text)
 
 
 def _quiet() -> None:
@@ -102,7 +135,7 @@ def run_list(args: argparse.Namespace) -> int:
         {
             "scheme": name,
             "syntax": codecs.SCHEME_SYNTAX.get(name, f"{name}:..."),
-            "about": (CODECS.get(name).__doc__ or "").strip().splitlines()[0],
+            "about": _plain((CODECS.get(name).__doc__ or "").strip().splitlines()[0]),
         }
         for name in CODECS.names()
     ]

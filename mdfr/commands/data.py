@@ -10,8 +10,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
+from mdfr.commands.options import NON_NEGATIVE, SEED, float_in, int_in
 from mdfr.errors import UsageError
+
+FRACTION = float_in(0, 1, above=True, below=True)
+FIGURE_SUFFIXES = (".png", ".pdf", ".svg")
 
 HELP = "make, prepare and inspect camera patch datasets"
 
@@ -28,15 +33,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "devices (PRNU) photographing scikit-image's bundled photos; VISION folder layout.",
     )
     s.add_argument("--out", required=True, help="target folder")
-    s.add_argument("--models", type=int, default=4, help="camera models, 1-16 (default 4)")
+    s.add_argument("--models", type=int_in(1, 16), default=4, help="camera models, 1-16 (4)")
     s.add_argument(
-        "--images-per-device", type=int, default=20, help="natural images per device (20)"
+        "--images-per-device",
+        type=int_in(1, 10_000),
+        default=20,
+        help="natural images per device, 1-10000 (20)",
     )
     s.add_argument(
-        "--flat-per-device", type=int, default=None, help="flat images per device (a quarter)"
+        "--flat-per-device",
+        type=int_in(0, 10_000),
+        default=None,
+        help="flat images per device, 0-10000 (a quarter of --images-per-device)",
     )
-    s.add_argument("--size", type=int, default=256, help="image side in pixels (256)")
-    s.add_argument("--seed", type=int, default=0, help="master seed (0)")
+    s.add_argument(
+        "--size", type=int_in(64, 4096), default=256, help="image side in pixels, 64-4096 (256)"
+    )
+    s.add_argument("--seed", type=SEED, default=0, help="master seed, 0-2**32-1 (0)")
     s.add_argument("--force", action="store_true", help="replace an existing different folder")
     s.set_defaults(func=run_synth)
 
@@ -55,16 +68,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--out", required=True, help="dataset folder to write")
     q.add_argument("--subsets", default="nat,flat", help="scene subsets (nat,flat)")
     q.add_argument(
-        "--images-per-model", type=int, default=100, help="images per camera model, 0 = all (100)"
+        "--images-per-model",
+        type=NON_NEGATIVE,
+        default=100,
+        help="images per camera model, 0 = all (100); at least 3 for three splits",
     )
     q.add_argument(
-        "--patches-per-image", type=int, default=16, help="patches per image, 0 = all cells (16)"
+        "--patches-per-image",
+        type=NON_NEGATIVE,
+        default=16,
+        help="patches per image, 0 = all cells (16)",
     )
     q.add_argument("--selection", default="grid", choices=("grid", "quality", "homogeneous"))
     q.add_argument("--split-by", default="image", choices=("image", "device"))
-    q.add_argument("--val-frac", type=float, default=0.15, help="validation fraction (0.15)")
-    q.add_argument("--test-frac", type=float, default=0.15, help="test fraction (0.15)")
-    q.add_argument("--seed", type=int, default=0, help="seed for choice, split and positions")
+    q.add_argument(
+        "--val-frac", type=FRACTION, default=0.15, help="validation fraction, in (0, 1) (0.15)"
+    )
+    q.add_argument(
+        "--test-frac", type=FRACTION, default=0.15, help="test fraction, in (0, 1) (0.15)"
+    )
+    q.add_argument("--seed", type=SEED, default=0, help="seed for choice, split and positions (0)")
     q.add_argument("--skip-bad", action="store_true", help="skip unusable inputs and count them")
     q.add_argument("--force", action="store_true", help="rebuild even if an identical one exists")
     q.add_argument("--device", default=None, help="device for learned codecs (auto, cpu, cuda)")
@@ -79,7 +102,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     f.add_argument("dataset", help="prepared dataset folder")
     f.add_argument("--out", required=True, help="PNG file to write")
     f.add_argument("--split", default="train", choices=("train", "val", "test"))
-    f.add_argument("--limit", type=int, default=20000, help="at most this many patches (20000)")
+    f.add_argument(
+        "--limit",
+        type=NON_NEGATIVE,
+        default=20000,
+        help="at most this many patches, 0 = all (20000)",
+    )
     f.set_defaults(func=run_spectra)
 
     i = actions.add_parser("info", help="print a prepared dataset's manifest summary")
@@ -142,8 +170,14 @@ def run_spectra(args: argparse.Namespace) -> int:
     from mdfr.data.loader import PatchDataset, load_manifest
     from mdfr.data.spectra import draw_figure, spectrum_stats
 
+    out = Path(args.out)
+    if out.is_dir() or out.suffix.lower() not in FIGURE_SUFFIXES:
+        # matplotlib would add .png to a bare name and report nothing
+        raise UsageError(
+            f"--out {out}: expected an image file ending in {', '.join(FIGURE_SUFFIXES)}"
+        )
     manifest = load_manifest(args.dataset)
-    ds = PatchDataset(args.dataset, args.split, limit=max(args.limit, 0))
+    ds = PatchDataset(args.dataset, args.split, limit=args.limit)
     if len(ds) == 0:
         raise UsageError(f"{args.dataset}: split {args.split!r} has no patches")
     # Chunks keep memory flat however large the split is.

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
+
+from mdfr.commands.options import NON_NEGATIVE, name
+from mdfr.errors import UsageError
 
 DEFAULT_URI = "sqlite:///results/mlflow.db"
 
@@ -26,7 +30,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         choices=("table1", "table2", "sweep"),
         help="table1: per backbone; table2: the six ablation setups; sweep: per grid cell",
     )
-    p.add_argument("--experiment", required=True, help="MLflow experiment name (mdfr-demo)")
+    p.add_argument(
+        "--experiment",
+        type=name,
+        required=True,
+        help="MLflow experiment name, e.g. mdfr-demo (required)",
+    )
     p.add_argument(
         "--sweep",
         help="sweep name (newest run of it) or parent run id; default: the newest sweep",
@@ -40,7 +49,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--paper", help="paper reference numbers (default results/paper_tables.yaml)")
     p.add_argument(
         "--spectra-patches",
-        type=int,
+        type=NON_NEGATIVE,
         default=4096,
         help="training patches averaged for Fig. 2 (default 4096; 0 = all)",
     )
@@ -52,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
     from mdfr.report import build
 
     out = args.out or f"results/{args.experiment}"
+    if Path(out).exists() and not Path(out).is_dir():
+        raise UsageError(f"--out {out}: a file; the report is a folder")
     rep = build(
         args.kind,
         args.experiment,

@@ -7,6 +7,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from mdfr.commands import add_set_option
+from mdfr.commands.options import POSITIVE
 from mdfr.errors import MdfrError
 from mdfr.names import VAL_ACC, Tag, acc_metric
 
@@ -30,7 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--tracking-uri", help="MLflow tracking URI (overrides the file)")
     r.add_argument("--storage", help="Tune storage folder (overrides the file)")
     r.add_argument("--address", help="Ray address (auto, ray://host:10001); default: local Ray")
-    r.add_argument("--num-cpus", type=int, help="CPUs of a locally started Ray instance")
+    r.add_argument("--num-cpus", type=POSITIVE, help="CPUs of a locally started Ray instance")
     r.add_argument("--quiet", action="store_true", help="no live progress table")
     _add_set(r)
     r.set_defaults(func=run)
@@ -39,7 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("sweep", metavar="NAME_OR_PATH", help="sweep folder, or name (newest run)")
     c.add_argument("--storage", help="where to look for NAME (default results/ray)")
     c.add_argument("--address", help="Ray address; default: local Ray")
-    c.add_argument("--num-cpus", type=int, help="CPUs of a locally started Ray instance")
+    c.add_argument("--num-cpus", type=POSITIVE, help="CPUs of a locally started Ray instance")
     c.add_argument(
         "--retry-errored", action="store_true", help="also rerun trials that failed for good"
     )
@@ -145,19 +146,22 @@ def list_(args: argparse.Namespace) -> int:
 
     rows = list_sweeps(args.storage)
     if not rows:
-        print("no sweeps")
+        print(f"no sweeps under {args.storage or 'results/ray'}")
     for r in rows:
         print(f"{r['name']:<16} {r['finished']:>4}/{r['trials']:<4} {r['phase']:<7} {r['path']}")
+        if r.get("error"):
+            print(f"warning: {r['error']}", file=sys.stderr)
     return 0
 
 
 def status(args: argparse.Namespace) -> int:
     # Lazy (CLI boundary): imported only when this subcommand runs.
     from mdfr.sweep.state import SweepState, find_sweep
-    from mdfr.tracking import fetch_sweep_runs
+    from mdfr.tracking import connect, fetch_sweep_runs
 
     exp_dir = find_sweep(args.sweep, args.storage)
     state = SweepState.read(exp_dir)
+    connect(state.tracking_uri, f"{exp_dir}/mdfr_sweep.json: tracking_uri")
     runs = fetch_sweep_runs(
         state.plan.experiment, state.tracking_uri, parent_run_id=state.parent_run_id
     )

@@ -21,6 +21,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from mdfr.commands.options import PORT, int_in
 from mdfr.errors import MdfrError, UsageError
 
 DEFAULT_URI = "sqlite:///results/mlflow.db"
@@ -39,13 +40,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI,
         help=f"MLflow store (default $MLFLOW_TRACKING_URI or {DEFAULT_URI})",
     )
-    p.add_argument("--port", type=int, default=5000, help="port to listen on (default 5000)")
+    p.add_argument("--port", type=PORT, default=5000, help="port to listen on, 1-65535 (5000)")
     p.add_argument(
         "--host",
         default="127.0.0.1",
         help="interface to bind (default 127.0.0.1: this machine only)",
     )
-    p.add_argument("--workers", type=int, default=1, help="server worker processes (default 1)")
+    p.add_argument(
+        "--workers", type=int_in(1, 64), default=1, help="server worker processes, 1-64 (1)"
+    )
     p.set_defaults(func=run)
 
 
@@ -105,12 +108,14 @@ def _stop(proc: subprocess.Popen) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # Lazy (CLI boundary): imported only when this subcommand runs.
-    from mdfr.tracking import resolve_uri
+    from mdfr.tracking import check_tracking_uri, resolve_uri
 
-    uri = resolve_uri(args.tracking_uri)
+    uri = resolve_uri(check_tracking_uri(args.tracking_uri, "--tracking-uri"))
     if uri.startswith(("http://", "https://")):
         print(f"{uri} is a tracking server: it serves the MLflow UI itself; open {uri}")
         return 0
+    if uri.startswith("sqlite:///") and Path(uri[len("sqlite:///") :]).is_dir():
+        raise UsageError(f"--tracking-uri {uri}: a directory, not a SQLite file")
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
         raise UsageError(
             f"no MLflow store at {uri[len('sqlite:///') :]}: run a sweep first "

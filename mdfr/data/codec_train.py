@@ -194,6 +194,8 @@ def train_codec(
     from tqdm import tqdm
 
     cfg.validate()
+    if Path(out).is_dir():  # found before training, not after it
+        raise UsageError(f"--out {out}: a folder; give the checkpoint file to write")
     device = resolve_device(cfg.device)
     files = list_images(images)
     rng = np.random.default_rng(cfg.seed)
@@ -325,12 +327,9 @@ def save_checkpoint(
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """The checkpoint dict, validated; DataError naming the file if it is not one of ours."""
-    import torch
+    from mdfr.checkpoints import load_weights
 
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for a bad file; all mean the same here
-        raise DataError(f"{path}: not a readable codec checkpoint ({e})") from None
+    ckpt = load_weights(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise DataError(
             f"{path}: not an 'mdfr codec train' checkpoint (for CompressAI weights use "

@@ -199,7 +199,7 @@ class JpegCodec(Codec):
 
 @CODECS.register("external")
 class ExternalCodec(Codec):
-    """Images already compressed by another tool, mirrored by relative path under ``root``.
+    """Images already compressed by another tool, mirrored by relative path under <dir>.
 
     ``nbytes`` is the mirror file's size, which is the compressed size when the tool wrote its
     bitstream format (e.g. ``.jpg``); for a decoded PNG it is only an upper bound.
@@ -426,14 +426,16 @@ def zoo_table() -> list[dict[str, Any]]:
 
 def load_state_dict_file(path: Path, spec: str) -> dict[str, Any]:
     """Tensors from a weights file (``weights_only``: no code runs from the file)."""
-    import torch
 
     if not path.is_file():
-        raise UsageError(f"codec spec {spec!r}: checkpoint {path} does not exist")
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise UsageError(f"codec spec {spec!r}: checkpoint {path} {what}")
+    from mdfr.checkpoints import load_weights
+
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for a bad file; all mean the same here
-        raise DataError(f"codec spec {spec!r}: cannot read checkpoint {path}: {e}") from None
+        obj = load_weights(path)
+    except DataError as e:
+        raise DataError(f"codec spec {spec!r}: {e}") from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not obj:
@@ -497,6 +499,7 @@ def create_learned_codec(arg: str, device: str | None = None) -> NeuralCodec:
     path = Path(arg).expanduser().resolve()
     spec = f"learned:{path}"
     if not path.is_file():
-        raise UsageError(f"codec spec {spec!r}: checkpoint {path} does not exist")
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise UsageError(f"codec spec {spec!r}: checkpoint {path} {what}")
     model, _ = load_checkpoint(path)
     return NeuralCodec("learned", spec, model, resolve_device(device))

@@ -90,6 +90,31 @@ def load_manifest(root: str | Path) -> dict[str, Any]:
     return doc
 
 
+def require_splits(root: str | Path, doc: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The manifest of a dataset whose train, val and test splits all hold patches.
+
+    Datasets prepared before ``mdfr data prepare`` refused empty splits may have one; a trial
+    on it would train an epoch and then fail on the missing validation metrics.
+
+    Raises:
+        DataError: naming the dataset, the empty split(s) and how it was prepared.
+    """
+    doc = load_manifest(root) if doc is None else doc
+    splits = doc.get("splits") or {}
+    empty = [s for s in ("train", "val", "test") if not (splits.get(s) or {}).get("patches")]
+    if empty:
+        opts = doc.get("options") or {}
+        how = ", ".join(
+            f"{k}={opts[k]}" for k in ("val_frac", "test_frac", "split_by") if k in opts
+        )
+        raise DataError(
+            f"dataset {Path(root).expanduser()}: split(s) {', '.join(empty)} hold no patches "
+            f"(prepared with {how or 'unknown options'}); prepare it again with "
+            "`mdfr data prepare` (val and test fractions above 0, at least 3 images per model)"
+        )
+    return doc
+
+
 def is_complete(root: Path, expected_hash: str) -> bool:
     """Whether ``root`` holds a finished dataset with ``expected_hash`` and all its files."""
     try:

@@ -65,8 +65,19 @@ def _options(**opts: Any) -> dict[str, Any]:
         if int(opts[key]) < 0:
             raise UsageError(f"--{key.replace('_', '-')} must be >= 0, got {opts[key]}")
     val, test = float(opts["val_frac"]), float(opts["test_frac"])
-    if val < 0 or test < 0 or val + test >= 1:
-        raise UsageError(f"need val-frac, test-frac >= 0 and val + test < 1, got {val}, {test}")
+    # Every trial selects on val and reports on test: an empty split is a dataset no trial
+    # can use, so it is refused here rather than after an epoch of training.
+    for name, frac in (("--val-frac", val), ("--test-frac", test)):
+        if not 0 < frac < 1:  # also refuses nan
+            raise UsageError(
+                f"{name} {frac:g}: must be above 0 and below 1 (every trial validates on val "
+                "and reports on test)"
+            )
+    if val + test >= 1:
+        raise UsageError(
+            f"--val-frac {val:g} + --test-frac {test:g} = {val + test:g} leaves no training "
+            "images; their sum must be below 1"
+        )
     return {
         "subsets": subsets,
         "images_per_model": int(opts["images_per_model"]),
@@ -158,6 +169,7 @@ def prepare(
     splits = assign_splits(
         chosen, opts["split_by"], opts["val_frac"], opts["test_frac"], _rng(seed, _SPLIT)
     )
+    check_split_sizes(chosen, splits, opts)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -166,6 +178,13 @@ def prepare(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    empty = [sp for sp in SPLITS if not manifest["splits"][sp]["patches"]]
+    if empty:  # every image of a split was skipped as bad
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DataError(
+            f"{images}: no usable image left in split(s) {', '.join(empty)} after skipping "
+            f"{len(manifest['skipped'])} bad input(s); fix or add images"
+        )
     manifest["inputs"]["root"] = str(index.root)
     manifest["skipped"] = [{"path": p, "problem": m} for p, m in index.skipped] + manifest[
         "skipped"
@@ -208,6 +227,43 @@ def _done_message(out: Path, digest: str, manifest: dict[str, Any]) -> str:
         f"prepared {out} (hash {digest}): {total} patches from {used} images "
         f"in {manifest['seconds']:.1f} s{note}"
     )
+
+
+def check_split_sizes(chosen: list[ImageRecord], splits: list[str], opts: dict[str, Any]) -> None:
+    """Refuse a split assignment that leaves a split empty, or (split by image) a camera
+    model out of a split: naming the model, its image count and the options that decide it.
+
+    Raises:
+        UsageError: too few images (or, split by device, devices) for three splits.
+    """
+    per_model: dict[str, Counter] = {}
+    for rec, split in zip(chosen, splits, strict=True):
+        per_model.setdefault(rec.model, Counter())[split] += 1
+    if opts["split_by"] == "image":
+        short = {m: c for m, c in sorted(per_model.items()) if any(not c[s] for s in SPLITS)}
+        if short:
+            m, c = next(iter(short.items()))
+            more = f" (and {len(short) - 1} other model(s))" if len(short) > 1 else ""
+            raise UsageError(
+                f"camera model {m}{more}: {sum(c.values())} image(s) cannot fill three splits "
+                f"with --val-frac {opts['val_frac']:g} --test-frac {opts['test_frac']:g} "
+                f"(train/val/test {c['train']}/{c['val']}/{c['test']}); each model needs at "
+                f"least 3 images: raise --images-per-model (now {opts['images_per_model']}, "
+                "0 = all) or add images"
+            )
+        return
+    totals = Counter(splits)
+    empty = [s for s in SPLITS if not totals[s]]
+    if empty:
+        why = (
+            "no camera model has two devices to hold one out"
+            if "test" in empty
+            else "too few images"
+        )
+        raise UsageError(
+            f"--split-by device leaves split(s) {', '.join(empty)} empty ({why}); use "
+            "--split-by image or add devices and images"
+        )
 
 
 def _rng(seed: int, purpose: int, *more: int) -> np.random.Generator:

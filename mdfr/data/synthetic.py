@@ -130,14 +130,13 @@ def synthesize(
         UsageError: bad arguments, or ``out`` holds something we may not replace.
     """
     out = Path(out)
-    if images_per_device < 1:
-        raise UsageError(f"--images-per-device must be >= 1, got {images_per_device}")
-    if size < 64:
-        raise UsageError(f"--size must be >= 64 (one 64x64 patch), got {size}")
-    if flat_per_device is None:
+    if flat_per_device is None and isinstance(images_per_device, int):
         flat_per_device = max(1, images_per_device // 4)
-    if flat_per_device < 0:
-        raise UsageError(f"flat images per device must be >= 0, got {flat_per_device}")
+    _check_int("--images-per-device", images_per_device, 1, MAX_IMAGES)
+    _check_int("--flat-per-device", flat_per_device, 0, MAX_IMAGES)
+    # Above MAX_SIZE one float64 image plane alone outgrows a workstation's memory.
+    _check_int("--size", size, 64, MAX_SIZE, "at least one 64x64 patch")
+    _check_int("--seed", seed, 0, 2**32 - 1, "numpy's seed range")
     params = _params(models, images_per_device, flat_per_device, size, seed)
     devices = plan_devices(models, seed)
     say = log or (lambda _msg: None)
@@ -190,6 +189,16 @@ def synthesize(
             raise
     say(f"wrote {len(jobs)} images of {models} models ({len(devices)} devices) to {out}")
     return out
+
+
+MAX_SIZE = 4096
+MAX_IMAGES = 10_000
+
+
+def _check_int(name: str, value: object, lo: int, hi: int, why: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        note = f" ({why})" if why else ""
+        raise UsageError(f"{name} must be an integer from {lo} to {hi}{note}, got {value!r}")
 
 
 def _write_images(

@@ -30,7 +30,7 @@ def load(path: str | Path | None = None) -> dict[str, Any]:
     if not p.is_file():
         raise UsageError(
             f"paper reference numbers not found at {p}: restore results/paper_tables.yaml "
-            "from git (a copy of shared/reference/paper_tables.yaml) or pass --paper PATH"
+            "from git (`git checkout -- results/paper_tables.yaml`) or pass --paper PATH"
         )
     try:
         doc = yaml.safe_load(p.read_text())

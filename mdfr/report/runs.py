@@ -108,6 +108,10 @@ def _check_store(tracking_uri: str) -> None:
     # Opening a missing SQLite file would silently create an empty store.
     if tracking_uri.startswith("sqlite:///"):
         db = Path(tracking_uri[len("sqlite:///") :])
+        if db.is_dir():
+            raise UsageError(
+                f"--tracking-uri {tracking_uri}: {db} is a directory, not a SQLite file"
+            )
         if not db.is_file():
             raise UsageError(
                 f"no MLflow store at {db}: run a sweep first (`mdfr sweep run ...`) or pass "
@@ -126,9 +130,9 @@ def load(experiment: str, tracking_uri: str, sweep: str | None = None) -> SweepR
     Raises:
         UsageError: unknown store, experiment or sweep, naming what exists instead.
     """
-    uri = tracking.resolve_uri(tracking_uri)
+    uri = tracking.resolve_uri(tracking.check_tracking_uri(tracking_uri, "--tracking-uri"))
     _check_store(uri)
-    store = tracking.Store(uri)
+    store = tracking.connect(uri)
     if store.client.get_experiment_by_name(experiment) is None:
         names = sorted(e.name for e in store.client.search_experiments())
         raise UsageError(

@@ -31,7 +31,7 @@ from pathlib import Path
 import ray
 from ray import tune
 
-from mdfr import tracking
+from mdfr import provenance, tracking
 from mdfr.errors import UsageError
 from mdfr.locks import FolderLock
 from mdfr.names import Tag
@@ -89,6 +89,13 @@ def run_sweep(
         _check_resources(plan, is_local(address), log)
         preflight.check_cluster(_shared_paths(plan, store_dir, root), uri)
         exp_dir = _new_sweep_folder(store_dir, plan.name)
+        # Recorded here, where the sweep is submitted: trials may run without .git.
+        prov = provenance.current()
+        if prov.commit == provenance.UNKNOWN:
+            log(
+                "warning: git commit unknown (no checkout, no PROVENANCE file): run "
+                "`make provenance` before uploading the code; runs keep mdfr.source_digest"
+            )
         with FolderLock(exp_dir, "sweep folder"):
             state = SweepState(
                 phase="stages",
@@ -97,7 +104,8 @@ def run_sweep(
                 exp_dir=str(exp_dir),
                 storage=str(store_dir),
                 tracking_uri=uri,
-                git_commit=tracking.git_commit(),
+                git_commit=prov.commit,
+                provenance=prov.tags(),
                 fault=_fault_from_env(),
             )
             state = _open_parent_run(state)
@@ -168,7 +176,10 @@ def _open_parent_run(state: SweepState) -> SweepState:
     plan = state.plan
     store = tracking.Store(state.tracking_uri)
     exp_id, parent = store.parent_run(
-        plan.experiment, plan.name, state.exp_dir, {Tag.GIT_COMMIT: state.git_commit}
+        plan.experiment,
+        plan.name,
+        state.exp_dir,
+        {Tag.GIT_COMMIT: state.git_commit, **state.provenance},
     )
     tracker = store.tracker(parent)
     tracker.log_params(

@@ -10,7 +10,9 @@ repeat them:
   seed, dataset content hash, data/optim/train settings and the sweep's ``pretrain:``
   overrides) — as Ray tasks with the sweep's per-trial resources, in parallel, so on a
   cluster they land on GPU nodes. Results live under ``<storage>/cache/pretrain/<key>/``; a
-  ``result.json`` there marks a finished stage. Every finetune/mdfr cell needing that network
+  ``result.json`` there marks a finished stage, published whole after training in a folder
+  private to the sweep (:mod:`mdfr.sweep.cache`), so concurrent sweeps never share one in
+  progress. Every finetune/mdfr cell needing that network
   gets its ``cmi.pt`` as ``model.cmi_checkpoint``. Each stage also gets one MLflow child run
   (``mdfr.kind=pretrain``) under the sweep, reused when the stage was cached.
 """
@@ -25,18 +27,19 @@ from typing import Any
 import ray
 
 from mdfr.config import from_dict, unflatten
+from mdfr.data.manifest import require_splits
 from mdfr.data.patches import prepare
 from mdfr.data.synthetic import synthesize
 from mdfr.errors import MdfrError, UsageError
 from mdfr.names import Kind, Tag
 from mdfr.results import TrialResult
+from mdfr.sweep import cache
 from mdfr.sweep.plan import Cell, SweepPlan, pretrain_base
 from mdfr.sweep.schema import PrepareSpec
 from mdfr.sweep.state import (
     SweepState,
     TrackingContext,
     abs_path,
-    atomic_write_json,
     read_json,
 )
 from mdfr.tracking import Store
@@ -80,6 +83,7 @@ def check_datasets(paths: set[str]) -> None:
                 f"dataset {path} is not prepared (no manifest.json): run `mdfr data prepare` "
                 "or add a prepare: section to the sweep file"
             )
+        require_splits(path)  # an empty split would fail every trial after its first epoch
 
 
 def _with_pretrained(
@@ -159,12 +163,17 @@ def needs_pretraining(cell_flat: dict[str, Any]) -> bool:
 def run_pretrain_stage(
     flat: dict[str, Any], out: str, train_fn: TrainFn, tracking: TrackingContext
 ) -> dict[str, Any]:
-    """Train one CMI network (inside a Ray task); resumes an interrupted run from its state."""
+    """Train one CMI network (inside a Ray task) and publish it under ``out``.
+
+    It trains in a folder private to this sweep and resumes an interrupted run of this sweep
+    only (:mod:`mdfr.sweep.cache`: concurrent sweeps never share an entry in progress).
+    """
     outp = Path(out)
     done = read_json(outp / RESULT_FILE)
     if done is not None:
         return done
-    cfg = from_dict(unflatten({**flat, "output_dir": out}))
+    work = cache.work_dir(outp, tracking.parent_run_id)
+    cfg = from_dict(unflatten({**flat, "output_dir": str(work)}))
     store = Store(tracking.uri)
     run_id, _ = store.child_run(
         tracking.experiment_id,
@@ -174,7 +183,7 @@ def run_pretrain_stage(
         kind=Kind.PRETRAIN,
         reopen=True,
     )
-    state = outp / "checkpoint" / "state.pt"
+    state = work / "checkpoint" / "state.pt"
     try:
         result = TrialResult.coerce(
             train_fn(
@@ -191,10 +200,10 @@ def run_pretrain_stage(
         store.finish(run_id, "FAILED", result.status)
         raise MdfrError(
             f"pretraining {cfg.model.backbone} (seed {cfg.seed}) ended with status "
-            f"{result.status!r}; see {out}"
+            f"{result.status!r}; see {work}"
         )
     keep = {**result.scalars(), "run_id": run_id}
-    atomic_write_json(outp / RESULT_FILE, keep)
+    keep = cache.publish(work, outp, keep)
     store.finish(run_id, "FINISHED", result.status)
     return keep
 

@@ -16,7 +16,7 @@ import dataclasses
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,17 +46,22 @@ class TrackingContext:
     git_commit: str
     dataset_hash: str = "unknown"
     codec: str = "unknown"
+    # :meth:`mdfr.provenance.Provenance.tags`, recorded where the sweep was submitted.
+    provenance: dict[str, str] = field(default_factory=dict)
 
     def tags(self, cfg: Any, **extra: Any) -> dict[str, str]:
-        """:func:`mdfr.names.trial_tags` of ``cfg`` in this sweep."""
-        return trial_tags(
-            cfg,
-            sweep=self.sweep,
-            git_commit=self.git_commit,
-            dataset_hash=self.dataset_hash,
-            codec=self.codec,
-            **extra,
-        )
+        """:func:`mdfr.names.trial_tags` of ``cfg`` in this sweep, with its provenance."""
+        return {
+            **trial_tags(
+                cfg,
+                sweep=self.sweep,
+                git_commit=self.git_commit,
+                dataset_hash=self.dataset_hash,
+                codec=self.codec,
+                **extra,
+            ),
+            **self.provenance,
+        }
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,7 @@ class SweepState:
     parent_run_id: str = ""
     dataset_hash: str = "unknown"
     codec: str = "unknown"
+    provenance: dict[str, str] = field(default_factory=dict)
 
     @property
     def state_file(self) -> Path:
@@ -104,6 +110,7 @@ class SweepState:
             self.git_commit,
             self.dataset_hash,
             self.codec,
+            dict(self.provenance),
         )
 
     def path(self, path: str | Path) -> Path:
@@ -133,9 +140,23 @@ class SweepState:
         p = Path(path)
         file = p if p.name == STATE_FILE else p / STATE_FILE
         try:
-            return cls.from_dict(json.loads(file.read_text()))
+            doc = json.loads(file.read_text())
         except FileNotFoundError:
             raise UsageError(f"{file.parent}: not a sweep folder (no {STATE_FILE})") from None
+        except (OSError, ValueError) as e:  # ValueError: bad JSON or bytes that are not UTF-8
+            raise UsageError(f"{file}: unreadable sweep state ({e})") from None
+        required = [
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ]
+        missing = [k for k in required if not isinstance(doc, dict) or k not in doc]
+        if missing:
+            raise UsageError(f"{file}: not a sweep state file (missing {', '.join(missing)})")
+        try:
+            return cls.from_dict(doc)
+        except Exception as e:  # noqa: BLE001 - any failure means the stored state is damaged
+            raise UsageError(f"{file}: the stored sweep state is damaged ({e})") from None
 
 
 # --------------------------------------------------------------------------- files
@@ -181,6 +202,8 @@ def find_sweep(name_or_path: str, storage: str | None = None, root: Path | None 
     p = abs_path(name_or_path, root)
     if (p / STATE_FILE).is_file():
         return p
+    if "/" in name_or_path:  # a path (sweep names have no slash), not a name
+        raise UsageError(f"{name_or_path}: not a sweep folder (no {STATE_FILE} in it)")
     base = storage_dir(storage, root)
     found = sorted(
         (d for d in base.glob(f"{name_or_path}-*") if (d / STATE_FILE).is_file()),
@@ -199,15 +222,25 @@ def list_sweeps(storage: str | None = None, root: Path | None = None) -> list[di
     base = storage_dir(storage, root or Path.cwd())
     out = []
     for d in sorted(base.glob("*/" + STATE_FILE)):
-        # Read leniently: a folder written by an older mdfr still lists.
-        state = json.loads(d.read_text())
+        # Read leniently: a folder written by an older mdfr still lists, and one damaged
+        # folder is listed as unreadable instead of hiding the others.
+        try:
+            state = json.loads(d.read_text())
+            plan = SweepPlan.from_dict(state["plan"])
+        except Exception as e:  # noqa: BLE001 - bad JSON, not UTF-8, no or a damaged plan
+            why = e if isinstance(e, OSError | ValueError) else f"no readable plan: {e!r}"
+            out.append(
+                {"name": d.parent.name, "path": str(d.parent), "trials": 0, "finished": 0,
+                 "phase": "unreadable", "error": f"{d}: unreadable sweep state ({why})"}
+            )  # fmt: skip
+            continue
         trials_dir = d.parent / "trials"
         done = len(list(trials_dir.glob(f"*/{TRIAL_RESULT_FILE}"))) if trials_dir.is_dir() else 0
         out.append(
             {
                 "name": state["plan"]["name"],
                 "path": str(d.parent),
-                "trials": SweepPlan.from_dict(state["plan"]).num_trials,
+                "trials": plan.num_trials,
                 "finished": done,
                 "phase": state.get("phase", "?"),
             }
