@@ -85,6 +85,7 @@ def _owner(out: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         pass
     if state.is_file():  # a run from before claims existed: its checkpoint names its config
+        # Lazy: only old run folders need torch to read their checkpoint.
         from mdfr.checkpoints import safe_load
 
         try:

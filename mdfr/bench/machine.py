@@ -57,6 +57,7 @@ def _cpu_model() -> str:
 
 def git_state() -> dict[str, Any]:
     """Commit of the code and whether it had uncommitted changes (:mod:`mdfr.provenance`)."""
+    # Lazy: the bench's machine description only; provenance runs git.
     from mdfr.provenance import UNKNOWN, current
 
     prov = current()

@@ -135,6 +135,7 @@ def cpu_warning(cfg: TrialConfig) -> str | None:
     RemNet 1.2, DPEC ConvNeXt 3, MDFRNet width 64 in front of it 0.9), so one run of the
     example trial files takes hours there.
     """
+    # Lazy (CLI boundary): resolving a device imports torch.
     from mdfr.devices import resolve_device
 
     if resolve_device(cfg.train.device, "train.device") != "cpu":

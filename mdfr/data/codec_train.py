@@ -327,6 +327,7 @@ def save_checkpoint(
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """The checkpoint dict, validated; DataError naming the file if it is not one of ours."""
+    # Lazy: mdfr.checkpoints imports torch, which this module imports only where it trains.
     from mdfr.checkpoints import load_weights
 
     ckpt = load_weights(path)

@@ -430,6 +430,7 @@ def load_state_dict_file(path: Path, spec: str) -> dict[str, Any]:
     if not path.is_file():
         what = "is a folder, not a file" if path.is_dir() else "does not exist"
         raise UsageError(f"codec spec {spec!r}: checkpoint {path} {what}")
+    # Lazy: mdfr.checkpoints imports torch; `codec list` and specs must not pay for it.
     from mdfr.checkpoints import load_weights
 
     try:
