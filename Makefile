@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test test-fast lint clean-results provenance
+.PHONY: venv demo table2-cpu test test-fast lint clean-results provenance
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,12 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m mdfr.demo
+
+# Table II at CPU scale (about an hour on 2 cores): the demo's codec, the sweep, the report.
+table2-cpu: $(STAMP)
+	$(BIN)/python -m mdfr.demo --codec-only
+	$(BIN)/mdfr sweep run sweeps/table2-cpu.yaml
+	$(BIN)/mdfr report table2 --experiment mdfr-table2-cpu --out results/table2-cpu
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra

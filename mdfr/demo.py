@@ -91,14 +91,22 @@ def steps(sweep: str) -> list[tuple[str, list[str] | None]]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m mdfr.demo", description=__doc__.splitlines()[0])
     p.add_argument("--sweep", default="sweeps/demo.yaml", help="sweep file to run")
+    p.add_argument(
+        "--codec-only",
+        action="store_true",
+        help="only make the demo's images and codec (sweeps/table2-cpu.yaml attacks with it)",
+    )
     args = p.parse_args(argv)
     t0 = time.perf_counter()
-    for title, step_argv in steps(args.sweep):
+    for title, step_argv in steps(args.sweep)[: 2 if args.codec_only else None]:
         if step_argv is None:
             print(f"\n== {title}", flush=True)
         else:
             _step(title, step_argv)
     minutes = (time.perf_counter() - t0) / 60
+    if args.codec_only:
+        print(f"\nmdfr demo: codec ready at {CODEC} ({minutes:.1f} min).")
+        return 0
     print(f"\nmdfr demo: done in {minutes:.1f} min.")
     print(f"  report:    {REPORT / 'report.md'}")
     print(f"             {REPORT / 'report.html'}")

@@ -360,3 +360,18 @@ def test_table1_rows_are_backbones(sweep, tmp_path):
         assert row[view]["paper"] is None  # test_remnet is not one of the paper's backbones
         cells.append(_fmt(mean, half, 2))
     assert f"| test_remnet | {cells[0]} | — | {cells[1]} | — | {cells[2]} | — |" in md
+
+
+def test_reports_carry_no_absolute_paths_of_the_machine(tmp_path, monkeypatch):
+    from mdfr.report.portable import portable
+
+    monkeypatch.chdir(tmp_path)
+    here = str(tmp_path.resolve())
+    text = (
+        f"store sqlite:///{here}/results/mlflow.db, data {here}/results/data/demo, "
+        f"codec learned:{here}/results/cache/c.pt, cwd {here}, elsewhere /mnt/nfs/vision"
+    )
+    assert portable(text) == (
+        "store sqlite:///results/mlflow.db, data results/data/demo, "
+        "codec learned:results/cache/c.pt, cwd ., elsewhere /mnt/nfs/vision"
+    )

@@ -27,6 +27,7 @@ from mdfr.report import claims, export, facts, figures, html, search, tables
 from mdfr.report import paper as paper_mod
 from mdfr.report import runs as runs_mod
 from mdfr.report.doc import Bullets, Document, Gallery, Heading, Image, Para, Table, to_markdown
+from mdfr.report.portable import portable
 from mdfr.report.runs import SweepRuns, backbone_of, metric, outcome, seed_of, setup_of
 from mdfr.report.stats import seed_order
 from mdfr.report.tables import SETUP_LABELS, SETUP_WHAT, fmt, fmt_p, fmt_seeds, fmt_summary
@@ -116,11 +117,11 @@ def build(
         ),
     )
     md = out / "report.md"
-    md.write_text(_md_with_footer(doc))
+    md.write_text(portable(_md_with_footer(doc)))
     page = out / "report.html"
-    page.write_text(html.to_html(doc, out))
+    page.write_text(portable(html.to_html(doc, out)))
     js = out / "report.json"
-    js.write_text(json.dumps(data, indent=1, default=_json_default) + "\n")
+    js.write_text(portable(json.dumps(data, indent=1, default=_json_default)) + "\n")
     log(f"wrote {md}, {page}, {js}, {parquet}")
     return Report(out, md, page, js, parquet, data)
 
