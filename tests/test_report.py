@@ -375,3 +375,22 @@ def test_reports_carry_no_absolute_paths_of_the_machine(tmp_path, monkeypatch):
         "store sqlite:///results/mlflow.db, data results/data/demo, "
         "codec learned:results/cache/c.pt, cwd ., elsewhere /mnt/nfs/vision"
     )
+
+
+def test_trials_table_paths_relative_like_the_report(tmp_path, monkeypatch):
+    from mdfr.report.export import trial_rows
+
+    monkeypatch.chdir(tmp_path)
+    here = str(tmp_path.resolve())
+    run = {
+        "run_id": "r1",
+        "run_name": "000-proposed-seed0-n0",
+        "status": "FINISHED",
+        "params": {"data.dataset": f"{here}/results/data/demo", "optim.lr": "0.001"},
+        "tags": {"mdfr.codec": f"learned:{here}/results/cache/c.pt", "mdfr.setup": "proposed"},
+        "metrics": {},
+    }
+    cols = trial_rows([run])
+    assert cols["param.data.dataset"] == ["results/data/demo"]
+    assert cols["param.optim.lr"] == [0.001]
+    assert cols["tag.mdfr.codec"] == ["learned:results/cache/c.pt"]

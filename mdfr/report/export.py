@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from mdfr.report.portable import portable
 from mdfr.report.runs import outcome
 
 
@@ -57,16 +58,22 @@ def trial_rows(trials: list[dict[str, Any]]) -> dict[str, list[Any]]:
             for r in trials
         ],
     }
+    # Paths under the working directory become relative, as in report.md (report/portable.py):
+    # the table travels with the report.
     for p in params:
-        cols[f"param.{p}"] = _typed([r["params"].get(p) for r in trials])
+        cols[f"param.{p}"] = _typed([_portable(r["params"].get(p)) for r in trials])
     for t in tags:
-        cols[f"tag.{t}"] = [r["tags"].get(t) for r in trials]
+        cols[f"tag.{t}"] = [_portable(r["tags"].get(t)) for r in trials]
     for m in metrics:
         vals = [r["metrics"].get(m) for r in trials]
         cols[f"metric.{m}"] = [
             float(v) if isinstance(v, int | float) and math.isfinite(v) else None for v in vals
         ]
     return cols
+
+
+def _portable(value: Any) -> Any:
+    return portable(value) if isinstance(value, str) else value
 
 
 def write_parquet(trials: list[dict[str, Any]], path: Path) -> Path:
