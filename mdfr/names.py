@@ -139,6 +139,7 @@ class Outcome:
     PRUNED = "pruned"  # stopped early by the scheduler
     FAILED = "failed"  # failed for good after its retries
     ERROR = "error"  # Tune's word for FAILED, in a sweep's trial list
+    UNFINISHED = "unfinished"  # the driver stopped (Ctrl-C, SIGTERM) before the trial ended
 
 
 def trial_tags(

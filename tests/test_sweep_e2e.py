@@ -176,8 +176,9 @@ def test_trial_crashing_once_is_retried_from_its_checkpoint(smoke_run):
     assert all(r["tags"]["mdfr.attempts"] == "1" for r in others)
 
 
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "Ctrl-C"])
 def test_killed_driver_then_resume_finishes_every_trial_once(
-    smoke_run, ray_address, tiny_dataset, work
+    smoke_run, ray_address, tiny_dataset, work, sig
 ):
     from mdfr.sweep.driver import resume_sweep
 
@@ -202,7 +203,12 @@ def test_killed_driver_then_resume_finishes_every_trial_once(
                 break
             time.sleep(0.5)
         assert done_before and driver.poll() is None, driver.communicate()[0][-3000:]
-        driver.send_signal(signal.SIGKILL)
+        driver.send_signal(sig)
+        if sig == signal.SIGINT:  # Tune stops and returns; the driver must not say "done"
+            output = driver.communicate(timeout=120)[0]
+            assert driver.returncode == 130, output[-3000:]
+            assert "sweep stopped:" in output and "mdfr sweep resume" in output, output[-3000:]
+            assert "sweep done" not in output
     finally:
         driver.kill()
         driver.wait()
@@ -212,6 +218,13 @@ def test_killed_driver_then_resume_finishes_every_trial_once(
     }
     assert 0 < len(finished) < plan.num_trials  # killed mid-sweep
 
+    if sig == signal.SIGINT:  # the parent run says the sweep did not finish
+        from mdfr.sweep.state import SweepState
+        from mdfr.tracking import Store
+
+        state = SweepState.read(exp_dir)
+        parent = Store(state.tracking_uri).client.get_run(state.parent_run_id)
+        assert parent.info.status == "KILLED"
     out = resume_sweep(str(exp_dir), address=ray_address, verbose=0)
     assert sorted(t.trial_key for t in out.trials) == sorted(plan.trial_keys())
     assert all(t.status == "ok" for t in out.trials), out.trials

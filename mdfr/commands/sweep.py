@@ -130,6 +130,14 @@ def resume(args: argparse.Namespace) -> int:
 
 def _summary(out: SweepOutcome) -> int:
     counts = ", ".join(f"{n} {s}" for s, n in sorted(out.counts.items()))
+    if out.unfinished:
+        print(
+            f"sweep stopped: {out.unfinished} of {out.planned} trials not finished "
+            f"({counts}); continue with `mdfr sweep resume {out.exp_dir}`",
+            file=sys.stderr,
+        )
+        print(f"MLflow: experiment {out.experiment!r}, parent run {out.parent_run_id}")
+        return 130  # the shell's code for a run stopped by Ctrl-C
     print(f"sweep done: {len(out.trials)} trials ({counts}); folder {out.exp_dir}")
     print(f"MLflow: experiment {out.experiment!r}, parent run {out.parent_run_id}")
     if out.failed:

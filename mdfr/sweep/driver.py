@@ -217,6 +217,9 @@ def _fit(
     store = tracking.Store(state.tracking_uri)
     tracker = store.tracker(state.parent_run_id)
     tracker.log_metrics({f"sweep/{k}": float(v) for k, v in outcome.counts.items()}, step=0)
+    if outcome.unfinished:  # stopped: resume reopens the parent run
+        store.finish(state.parent_run_id, "KILLED", "interrupted")
+        return outcome
     status = "ok" if not outcome.failed else "partial"
     store.finish(state.parent_run_id, "FINISHED" if status == "ok" else "FAILED", status)
     return outcome

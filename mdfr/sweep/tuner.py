@@ -46,6 +46,13 @@ class SweepOutcome:
     tracking_uri: str
     parent_run_id: str
     trials: list[TrialSummary] = field(default_factory=list)
+    planned: int = 0  # trials the plan asked for (some may never have started)
+
+    @property
+    def unfinished(self) -> int:
+        """Trials neither finished nor failed: the driver was stopped before the sweep ended."""
+        done = sum(1 for t in self.trials if t.status != Outcome.UNFINISHED)
+        return max(self.planned - done, 0)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -115,6 +122,10 @@ def _new_tuner(state: SweepState, trainable: Any, verbose: int) -> tune.Tuner:
 def summarise(state: SweepState, results: Any) -> SweepOutcome:
     """The Tune results as one :class:`TrialSummary` per trial, sorted by trial key."""
     plan: SweepPlan = state.plan
+    # Tune returns normally after a Ctrl-C (it saved its state for a restore). Its public
+    # counts tell a stopped sweep from a finished one: every planned trial is then terminated
+    # (finished, or pruned by the scheduler) or errored.
+    stopped = results.num_terminated + results.num_errors < plan.num_trials
     trials = []
     for r in results:
         cfg = r.config or {}
@@ -123,14 +134,19 @@ def summarise(state: SweepState, results: Any) -> SweepOutcome:
             status = Outcome.ERROR
         elif m.get(FINAL_KEY):
             status = str(m.get(STATUS, Outcome.OK))
-        else:
-            status = Outcome.PRUNED
+        else:  # an interrupted sweep cannot tell a pruned trial from a stopped one
+            status = Outcome.UNFINISHED if stopped else Outcome.PRUNED
         trials.append(
             TrialSummary(str(cfg.get("trial_key")), status, m.get(plan.metric), str(r.path))
         )
     trials.sort(key=lambda t: t.trial_key)
     return SweepOutcome(
-        Path(state.exp_dir), plan.experiment, state.tracking_uri, state.parent_run_id, trials
+        Path(state.exp_dir),
+        plan.experiment,
+        state.tracking_uri,
+        state.parent_run_id,
+        trials,
+        planned=plan.num_trials,
     )
 
 
