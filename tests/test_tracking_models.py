@@ -55,10 +55,10 @@ def test_every_run_carries_the_standard_source_tags(store, exp):
     tags = store.client.get_run(run_id).data.tags
     assert tags["mlflow.source.type"] == "LOCAL" and tags["mlflow.source.name"] == "mdfr"
     assert len(tags["mlflow.source.git.commit"]) == 40 and tags["mlflow.user"]
-    # a sweep hands its own (sweep file, commit, user) to every run, whoever runs it
+    # a sweep hands its own (sweep file, user, commit) to every run, whoever runs it
     from mdfr.tracking import source_tags
 
-    given = source_tags("/x/sweeps/smoke.yaml", "c0ffee", "ana")
+    given = {**source_tags("/x/sweeps/smoke.yaml", "ana"), "mlflow.source.git.commit": "c0ffee"}
     run_id, _ = store.child_run(exp, "p", "given", given)
     tags = store.client.get_run(run_id).data.tags
     assert {k: tags[k] for k in given} == given

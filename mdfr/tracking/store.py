@@ -19,6 +19,7 @@ stores are written by several trials at once; calls that hit "database is locked
 from __future__ import annotations
 
 import contextlib
+import functools
 import getpass
 import hashlib
 import math
@@ -30,6 +31,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+from mdfr import provenance
 from mdfr.names import Kind, Tag
 from mdfr.tracking.datasets import dataset_inputs
 from mdfr.tracking.uris import (
@@ -111,7 +113,9 @@ def _retry(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 def source_tags(name: str | None = None, user: str | None = None) -> dict[str, str]:
     """MLflow's standard source tags, which fill the UI's Source and User columns.
 
-    The commit (``mlflow.source.git.commit``) comes with :meth:`mdfr.provenance.Provenance.tags`.
+    A run made with them also gets this process's commit as ``mlflow.source.git.commit``
+    (when known); a sweep's runs carry the commit of the submitting checkout instead, with the
+    rest of :meth:`mdfr.provenance.Provenance.tags`.
 
     Args:
         name: what ran, normally the sweep file or trial config (absolute path; the UI shows
@@ -129,6 +133,13 @@ def source_tags(name: str | None = None, user: str | None = None) -> dict[str, s
         Tag.MLFLOW_SOURCE_TYPE: "LOCAL",
         Tag.MLFLOW_USER: user,
     }
+
+
+@functools.cache
+def _commit_tag() -> dict[str, str]:
+    """``mlflow.source.git.commit`` of this process's code, asked once (git may be slow)."""
+    commit = provenance.current().commit
+    return {} if commit == provenance.UNKNOWN else {Tag.MLFLOW_GIT_COMMIT: commit}
 
 
 def _q(value: str) -> str:
@@ -229,7 +240,7 @@ class Store:
             if reopen and run.info.status != "RUNNING":
                 _retry(self.client.update_run, run.info.run_id, status="RUNNING")
             return run.info.run_id, False
-        all_tags = {**source_tags(), **tags, **key_tags}
+        all_tags = {**source_tags(), **_commit_tag(), **tags, **key_tags}
         run = _retry(self.client.create_run, experiment_id, tags=all_tags, run_name=name)
         return run.info.run_id, True
 
