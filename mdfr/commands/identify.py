@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from mdfr.commands import add_tracking_uri_option
+from mdfr.commands.options import int_in
 from mdfr.errors import UsageError
 
 
@@ -36,7 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_tracking_uri_option(p, "MLflow store holding the model")
     p.add_argument(
         "--patches",
-        type=int,
+        type=int_in(0),
         default=64,
         help="64x64 patches per image (default 64; 0 = every grid cell)",
     )
@@ -52,7 +53,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "see an attack and the defence on images that were never attacked",
     )
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:<index>")
-    p.add_argument("--batch-size", type=int, default=128, help="patches per forward pass")
+    p.add_argument("--batch-size", type=int_in(1), default=128, help="patches per forward pass")
     p.add_argument("--skip-bad", action="store_true", help="report unreadable images and go on")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=run)
@@ -62,10 +63,6 @@ def run(args: argparse.Namespace) -> int:
     # Lazy (CLI boundary): imported only when this subcommand runs.
     from mdfr import identify
 
-    if args.patches < 0:
-        raise UsageError(f"--patches must be >= 0, got {args.patches}")
-    if args.batch_size < 1:
-        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     images = identify.find_images(args.target)  # bad input fails before loading anything
     codec = _codec(args.codec)
     device = _device(args.device)
