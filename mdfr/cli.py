@@ -20,7 +20,7 @@ from mdfr import __version__
 from mdfr.errors import MdfrError
 
 # Order is the order `mdfr --help` shows them in: the researcher's workflow.
-SUBCOMMANDS = ("data", "codec", "train", "sweep", "report", "ui", "bench")
+SUBCOMMANDS = ("data", "codec", "train", "sweep", "report", "ui", "identify", "bench")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -46,7 +46,7 @@ from mdfr import checkpoints as ckpt
 from mdfr import evaluate
 from mdfr.config import TrialConfig
 from mdfr.data.loader import load_amplitude_increment, make_loader
-from mdfr.data.manifest import require_splits
+from mdfr.data.manifest import load_manifest, require_splits
 from mdfr.devices import resolve_device
 from mdfr.errors import UsageError
 from mdfr.hashing import file_sha256
@@ -79,6 +79,7 @@ class Tracker(Protocol):
     """What the engine needs from an experiment tracker (``mdfr.tracking.Tracker`` is one)."""
 
     def log_params(self, params: dict[str, Any]) -> None: ...
+    def log_dataset(self, root: str, manifest: dict[str, Any]) -> None: ...
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
     def log_artifact(self, path: str) -> None: ...
     def set_tags(self, tags: dict[str, str]) -> None: ...
@@ -316,6 +317,9 @@ def train_trial(
     model: torch.nn.Module = torch.compile(t.net) if cfg.train.compile else t.net
     # A retry or a resumed run continues from its last epoch: weights, optimiser, RNG.
     first_epoch = 0 if checkpoint is None else _resume(t, opt, sched, checkpoint)
+    # The resolved config beside the weights: enough to rebuild the trained network later
+    # (mdfr.trained.load_trial), with or without a tracker.
+    (t.out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     if tracker is not None:
         _start_tracking(t, tracker)
 
@@ -363,16 +367,16 @@ def _resume(
 
 
 def _start_tracking(t: _Trial, tracker: Tracker) -> None:
-    """Params, tags and the resolved config file, once per run."""
+    """Params, the dataset as the run's input, tags and the resolved config file, once per
+    run."""
     cfg = t.cfg
     tracker.log_params(cfg.to_flat_dict())
+    tracker.log_dataset(str(t.root), load_manifest(t.root))
     tags = {**trial_tags(cfg, dataset_hash=t.dataset_hash), Tag.CONFIG_HASH: cfg.hash()}
     if t.cmi_sha256:
         tags[Tag.CMI_SHA256] = t.cmi_sha256
     tracker.set_tags(tags)
-    cfg_path = t.out / "config.yaml"
-    cfg_path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    tracker.log_artifact(str(cfg_path))
+    tracker.log_artifact(str(t.out / "config.yaml"))
 
 
 def _train_epoch(

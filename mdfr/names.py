@@ -117,8 +117,17 @@ class Tag:
     CMI_SHA256 = "mdfr.cmi_sha256"
     CACHED = "mdfr.cached"  # a pretraining stage reused from the cache
     BENCH = "mdfr.bench"
+    CHAMPION = "mdfr.champion"  # "true" on the run whose model a sweep registered
+    CHAMPION_RUN = "mdfr.champion_run"  # on a sweep's parent run
+    CHAMPION_MODEL = "mdfr.champion_model"  # on a sweep's parent run: models:/<name>@champion
+    MODEL_ERROR = "mdfr.model_error"  # why a finished trial's model could not be logged
     MLFLOW_PARENT = "mlflow.parentRunId"
     MLFLOW_GIT_COMMIT = "mlflow.source.git.commit"
+    MLFLOW_SOURCE_NAME = "mlflow.source.name"
+    MLFLOW_SOURCE_TYPE = "mlflow.source.type"
+    MLFLOW_USER = "mlflow.user"
+    MLFLOW_EXPERIMENT_KIND = "mlflow.experimentKind"  # an experiment tag
+    MLFLOW_DATA_CONTEXT = "mlflow.data.context"  # a dataset input's tag: train | eval
 
 
 class Kind:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from fixtures_codec import *  # noqa: F403
 from fixtures_data import *  # noqa: F403
+from fixtures_trained import *  # noqa: F403
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ def test_help_lists_every_subcommand(capsys):
     except SystemExit as e:
         assert e.code == 0
     out = capsys.readouterr().out
-    for name in ("data", "codec", "train", "sweep", "report", "bench", "ui"):
+    for name in ("data", "codec", "train", "sweep", "report", "bench", "ui", "identify"):
         assert name in SUBCOMMANDS and name in out
 
 

@@ -19,10 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fixtures_trained import tiny_trial_config
 from scipy import stats
 
 from mdfr.cli import main
-from mdfr.config import from_dict, setup_overrides
+from mdfr.config import setup_overrides
 
 EXPERIMENT = "mdfr-report-test"
 SWEEP = "reptest"
@@ -32,14 +33,8 @@ SAMPLES = {"finetune": 1, "proposed": 2}  # proposed cells search λ1 with two s
 
 
 def _cfg(dataset: Path, out: Path, **over):
-    base = {
-        "data": {"dataset": str(dataset), "batch_size": 8, "limit_train": 48, "limit_eval": 32},
-        "model": {"backbone": "test_remnet", "width": 4, "depth": 2},
-        "train": {"epochs": 1, "device": "cpu", "threads": 1},
-        "optim": {"lr": 1e-3},
-        "output_dir": str(out),
-    }
-    return from_dict(base).replace(**over)
+    limits = {"data.limit_train": 48, "data.limit_eval": 32}
+    return tiny_trial_config(dataset, out, **{**limits, **over})
 
 
 @pytest.fixture(scope="module")
@@ -166,6 +161,18 @@ def table2(sweep, tmp_path_factory):
     argv = ["report", "table2", "--experiment", EXPERIMENT, "--tracking-uri", sweep["uri"]]
     assert main([*argv, "--out", str(out)]) == 0
     return out
+
+
+def test_report_lands_on_the_sweeps_parent_run(sweep, table2, tmp_path):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(sweep["uri"])
+    listed = {a.path for a in client.list_artifacts(sweep["parent"], "report")}
+    assert {"report/report.html", "report/report.md", "report/report.json"} <= listed
+    figures = {a.path for a in client.list_artifacts(sweep["parent"], "report/figures")}
+    assert {f"report/figures/{p.name}" for p in (table2 / "figures").iterdir()} == figures
+    got = Path(client.download_artifacts(sweep["parent"], "report/report.json", str(tmp_path)))
+    assert got.read_text() == (table2 / "report.json").read_text()
 
 
 def test_table2_numbers_equal_mlflow_metrics(sweep, table2):

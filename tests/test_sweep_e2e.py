@@ -165,6 +165,59 @@ def test_smoke_sweep_has_a_parent_and_one_child_run_per_trial(smoke_run):
             assert tags.get(key) == prov[key], (key, tags)
 
 
+def test_every_run_has_its_dataset_input_and_source_tags(smoke_run):
+    from mdfr.tracking import Store
+
+    _, out = smoke_run
+    client = Store(out.tracking_uri).client
+    ids = [r["run_id"] for r in _runs(out) + _runs(out, kind="pretrain")] + [out.parent_run_id]
+    assert len(ids) == 5
+    digest = _runs(out)[0]["tags"]["mdfr.dataset_hash"]
+    for run_id in ids:
+        tags = client.get_run(run_id).data.tags
+        assert tags["mlflow.source.name"] == str(SMOKE) and tags["mlflow.source.type"] == "LOCAL"
+        assert tags["mlflow.source.git.commit"] == tags["mdfr.git_commit"] and tags["mlflow.user"]
+        inputs = client.get_run(run_id).inputs.dataset_inputs
+        contexts = {t.value for i in inputs for t in i.tags if t.key == "mlflow.data.context"}
+        assert contexts == {"train", "eval"}, tags["mlflow.runName"]
+        assert {i.dataset.digest for i in inputs} == {digest}
+
+
+def test_champion_is_registered_and_the_parent_holds_the_trial_table(smoke_run):
+    from mdfr.tracking import Store
+    from mdfr.tracking.store import process_uri
+
+    plan, out = smoke_run
+    client = Store(out.tracking_uri).client
+    runs = {r["run_id"]: r for r in _runs(out)}
+    parent = client.get_run(out.parent_run_id)
+    with process_uri(out.tracking_uri):
+        table = client.load_table(
+            parent.info.experiment_id, "trials_table.json", run_ids=[out.parent_run_id]
+        )
+    assert sorted(table["trial_key"]) == sorted(plan.trial_keys())
+    assert dict(zip(table["trial_key"], table["status"], strict=True)) == {
+        r["tags"]["mdfr.trial_key"]: r["tags"]["mdfr.status"] for r in runs.values()
+    }
+    finished = [r for r in runs.values() if r["tags"]["mdfr.status"] == "ok"]
+    if not any(r["tags"]["mdfr.mode"] == "mdfr" for r in finished):
+        # ASHA stopped every MDFRNet trial of this tiny sweep: nothing to crown
+        assert out.champion is None and not parent.outputs.model_outputs
+        return
+    champ = out.champion
+    assert champ and champ["metric"] == "val/acc_restored"  # the sweep's validation metric
+    best = runs[champ["run_id"]]
+    assert best["tags"]["mdfr.status"] == "ok" and best["tags"]["mdfr.champion"] == "true"
+    version = client.get_model_version_by_alias(plan.experiment, "champion")
+    (model_out,) = client.get_run(champ["run_id"]).outputs.model_outputs
+    assert version.source == f"models:/{model_out.model_id}"
+    assert "val/acc_restored" in version.description and "test split" in version.description
+    # log_models: best: the champion's is the only model logged
+    assert [r for r in runs.values() if r["run_id"] != champ["run_id"] and
+            client.get_run(r["run_id"]).outputs.model_outputs] == []  # fmt: skip
+    assert [o.model_id for o in parent.outputs.model_outputs] == [model_out.model_id]
+
+
 def test_trial_crashing_once_is_retried_from_its_checkpoint(smoke_run):
     _, out = smoke_run
     (run,) = [r for r in _runs(out) if "-finetune-" in r["run_name"]]
@@ -182,12 +235,11 @@ def test_killed_driver_then_resume_finishes_every_trial_once(
 ):
     from mdfr.sweep.driver import resume_sweep
 
-    plan = load_sweep(
-        SMOKE, _overrides(tiny_dataset, work, "scheduler=null", "base.train.epochs=3")
-    )
+    extra = ("scheduler=null", "base.train.epochs=3", "log_models=all")
+    plan = load_sweep(SMOKE, _overrides(tiny_dataset, work, *extra))
     cmd = [sys.executable, "-m", "mdfr.cli", "sweep", "run", str(SMOKE), "--address", ray_address,
            "--quiet"]  # fmt: skip
-    for item in _overrides(tiny_dataset, work, "scheduler=null", "base.train.epochs=3"):
+    for item in _overrides(tiny_dataset, work, *extra):
         cmd += ["--set", item]
     before = set((work / "ray").glob("smoke-*"))
     env = {k: v for k, v in os.environ.items() if k != "MDFR_TEST_FAULT"}
@@ -225,6 +277,9 @@ def test_killed_driver_then_resume_finishes_every_trial_once(
         state = SweepState.read(exp_dir)
         parent = Store(state.tracking_uri).client.get_run(state.parent_run_id)
         assert parent.info.status == "KILLED"
+        # a stopped sweep crowns no champion: its best trial so far is not the sweep's best
+        assert "mdfr.champion_run" not in parent.data.tags
+        assert not parent.outputs.model_outputs
     out = resume_sweep(str(exp_dir), address=ray_address, verbose=0)
     assert sorted(t.trial_key for t in out.trials) == sorted(plan.trial_keys())
     assert all(t.status == "ok" for t in out.trials), out.trials
@@ -244,3 +299,16 @@ def test_killed_driver_then_resume_finishes_every_trial_once(
     # one published entry; stages train in cache/.work/ and move out when done (issue 13)
     assert len([e for e in cache.iterdir() if not e.name.startswith(".")]) == 1
     assert not list((cache / ".work").iterdir())
+    # log_models: all: one model per trial, none twice across the kill, and the champion
+    # registered is the model its trial logged (the alias moved from the first sweep's)
+    from mdfr.tracking import Store
+
+    client = Store(out.tracking_uri).client
+    outputs = {r["run_id"]: client.get_run(r["run_id"]).outputs.model_outputs for r in runs}
+    assert all(len(o) == 1 for o in outputs.values()), outputs
+    version = client.get_model_version_by_alias(plan.experiment, "champion")
+    assert version.source == f"models:/{outputs[out.champion['run_id']][0].model_id}"
+    versions = client.search_model_versions(f"name = '{plan.experiment}'")
+    assert out.parent_run_id in version.description
+    assert int(version.version) == max(int(v.version) for v in versions)
+    assert out.champion["model_uri"] == f"models:/{plan.experiment}@champion"

@@ -227,3 +227,27 @@ def test_against_an_mlflow_server_over_http(tmp_path):
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=30)
+
+
+def test_system_metrics_reach_the_run(uri):
+    """The one MLflow class used beyond its documented API (mdfr.tracking.system): if an
+    upgrade moves or changes SystemMetricsMonitor, this fails instead of sweeps going quiet."""
+    from mdfr.tracking.system import system_metrics
+
+    store = Store(uri)
+    exp = store.ensure_experiment("sysmetrics")
+    run_id, _ = store.child_run(exp, "p", "sampled")
+    off, _ = store.child_run(exp, "p", "not-sampled")
+    with system_metrics(off, store.uri, enabled=False):
+        time.sleep(0.3)
+    with system_metrics(run_id, store.uri, enabled=True, interval=0.2):
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            keys = store.client.get_run(run_id).data.metrics
+            if "system/cpu_utilization_percentage" in keys:
+                break
+            time.sleep(0.2)
+    metrics = store.client.get_run(run_id).data.metrics
+    assert "system/cpu_utilization_percentage" in metrics, sorted(metrics)
+    assert "system/system_memory_usage_megabytes" in metrics, sorted(metrics)
+    assert not store.client.get_run(off).data.metrics

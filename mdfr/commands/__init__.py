@@ -10,10 +10,23 @@ that runs the subcommand, under a ``# Lazy (CLI boundary)`` comment;
 from __future__ import annotations
 
 import argparse
+import os
+
+DEFAULT_TRACKING_URI = "sqlite:///results/mlflow.db"
 
 
 def add_set_option(parser: argparse.ArgumentParser, help: str) -> None:
     """The repeatable ``--set KEY=VALUE`` override every config-reading command takes."""
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help
+    )
+
+
+def add_tracking_uri_option(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--tracking-uri`` of the commands that read a store: $MLFLOW_TRACKING_URI, else the
+    embedded default."""
+    parser.add_argument(
+        "--tracking-uri",
+        default=os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI,
+        help=f"{what} (default $MLFLOW_TRACKING_URI or {DEFAULT_TRACKING_URI})",
     )

@@ -2,19 +2,19 @@
 
 Reads one sweep (parent run + trial children) through :mod:`mdfr.tracking` and writes
 ``report.md``, a self-contained ``report.html``, ``report.json`` and ``trials.parquet`` to
-``--out`` (default ``results/<experiment>``).
+``--out`` (default ``results/<experiment>``), then logs the report files and figures to the
+sweep's parent run under ``report/`` (``--no-mlflow``: not), so its page in the MLflow UI
+shows them.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
+from mdfr.commands import add_tracking_uri_option
 from mdfr.commands.options import NON_NEGATIVE, name
 from mdfr.errors import UsageError
-
-DEFAULT_URI = "sqlite:///results/mlflow.db"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -40,13 +40,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--sweep",
         help="sweep name (newest run of it) or parent run id; default: the newest sweep",
     )
-    p.add_argument(
-        "--tracking-uri",
-        default=os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI,
-        help=f"MLflow tracking URI (default $MLFLOW_TRACKING_URI or {DEFAULT_URI})",
-    )
+    add_tracking_uri_option(p, "MLflow tracking URI")
     p.add_argument("--out", help="output folder (default results/<experiment>)")
     p.add_argument("--paper", help="paper reference numbers (default results/paper_tables.yaml)")
+    p.add_argument(
+        "--no-mlflow",
+        action="store_true",
+        help="do not log the report to the sweep's parent run in MLflow",
+    )
     p.add_argument(
         "--spectra-patches",
         type=NON_NEGATIVE,
@@ -59,6 +60,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     # Lazy (CLI boundary): imported only when this subcommand runs.
     from mdfr.report import build
+    from mdfr.tracking import Store
+    from mdfr.tracking.sweep_run import log_report
 
     out = args.out or f"results/{args.experiment}"
     if Path(out).exists() and not Path(out).is_dir():
@@ -74,4 +77,11 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"report: {rep.markdown}")
     print(f"html:   {rep.html}")
+    parent = rep.data.get("parent_run_id")
+    if parent and not args.no_mlflow:
+        files = [rep.html, rep.markdown, rep.json, rep.out / "figures"]
+        paths = log_report(Store(args.tracking_uri), parent, [f for f in files if f.exists()])
+        print(f"MLflow: {', '.join(paths)} on parent run {parent}")
+    elif not parent:
+        print("MLflow: no sweep parent run (runs of `mdfr train`): report not logged there")
     return 0

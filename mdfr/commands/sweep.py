@@ -140,6 +140,9 @@ def _summary(out: SweepOutcome) -> int:
         return 130  # the shell's code for a run stopped by Ctrl-C
     print(f"sweep done: {len(out.trials)} trials ({counts}); folder {out.exp_dir}")
     print(f"MLflow: experiment {out.experiment!r}, parent run {out.parent_run_id}")
+    if out.champion:
+        uri = out.champion["model_uri"]
+        print(f"use it: mdfr identify IMAGES --model {uri} --tracking-uri {out.tracking_uri}")
     if out.failed:
         raise MdfrError(
             f"{out.failed} trial(s) failed for good; fix the cause, then "

@@ -94,7 +94,10 @@ def run(args: argparse.Namespace) -> int:
         run_id, _ = store.ensure_run(
             exp_id,
             {Tag.KIND: Kind.TRAIN, Tag.CONFIG_HASH: cfg.hash(), Tag.OUTPUT_DIR: cfg.output_dir},
-            provenance.current().tags(),
+            {
+                **provenance.current().tags(),
+                **tracking.source_tags(str(Path(args.config).resolve())),
+            },
             name=f"{cfg.mode}-{cfg.hash()[:8]}",
         )
         tracker = store.tracker(run_id)

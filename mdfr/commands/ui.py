@@ -6,6 +6,12 @@ foreground; Ctrl-C (or SIGTERM) stops the server and every worker it started.
 
 With an ``http(s)://`` tracking URI there is nothing to start: that server already serves the
 UI, so its URL is printed.
+
+MLflow 3.17's UI opens an experiment in its GenAI view (traces, sessions) unless the sidebar's
+"GenAI / Model training" switch (remembered per browser) says otherwise or the link carries
+``?workflowType=machine_learning``. So besides the server's URL one link per experiment is
+printed that lands on the experiment's runs (Dataset, Source and Models columns, charts,
+compare): what a sweep's user wants to see.
 """
 
 from __future__ import annotations
@@ -21,10 +27,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from mdfr.commands import add_tracking_uri_option
 from mdfr.commands.options import PORT, int_in
 from mdfr.errors import MdfrError, UsageError
 
-DEFAULT_URI = "sqlite:///results/mlflow.db"
 READY_TIMEOUT_S = 120.0
 
 
@@ -35,11 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Start the MLflow UI (mlflow server) on the project's store and print its "
         "URL; Ctrl-C stops it.",
     )
-    p.add_argument(
-        "--tracking-uri",
-        default=os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI,
-        help=f"MLflow store (default $MLFLOW_TRACKING_URI or {DEFAULT_URI})",
-    )
+    add_tracking_uri_option(p, "MLflow store")
     p.add_argument("--port", type=PORT, default=5000, help="port to listen on, 1-65535 (5000)")
     p.add_argument(
         "--host",
@@ -64,6 +66,33 @@ def server_command(uri: str, host: str, port: int, workers: int = 1) -> list[str
         cmd += ["--default-artifact-root", art.as_uri()]
     cmd += ["--host", host, "--port", str(port), "--workers", str(workers)]
     return cmd
+
+
+ML_VIEW = "workflowType=machine_learning"
+
+
+def ui_links(base: str, experiments: list[tuple[str, str]]) -> list[str]:
+    """``name: URL`` lines opening each experiment's runs in the model-training view."""
+    return [f"  {name}: {base}/#/experiments/{eid}/runs?{ML_VIEW}" for eid, name in experiments]
+
+
+def _print_links(uri: str, base: str) -> None:
+    """One model-training-view link per experiment of the store (a failure only loses them)."""
+    try:
+        # Lazy (CLI boundary): MLflow only once the server is up and the links are printed.
+        from mdfr.tracking import Store
+
+        experiments = Store(uri).experiments()
+    except Exception as e:  # noqa: BLE001 - the UI runs anyway
+        print(f"(could not list the experiments: {e})", flush=True)
+        return
+    if experiments:
+        print("experiments (runs view):", *ui_links(base, experiments), sep="\n", flush=True)
+    print(
+        "in the UI, the sidebar switch 'Model training' (not 'GenAI') shows runs, charts and "
+        "compare pages",
+        flush=True,
+    )
 
 
 def _check_port(host: str, port: int) -> None:
@@ -113,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
     uri = resolve_uri(check_tracking_uri(args.tracking_uri, "--tracking-uri"))
     if uri.startswith(("http://", "https://")):
         print(f"{uri} is a tracking server: it serves the MLflow UI itself; open {uri}")
+        _print_links(uri, uri.rstrip("/"))
         return 0
     if uri.startswith("sqlite:///") and Path(uri[len("sqlite:///") :]).is_dir():
         raise UsageError(f"--tracking-uri {uri}: a directory, not a SQLite file")
@@ -147,6 +177,7 @@ def run(args: argparse.Namespace) -> int:
                 raise MdfrError(f"the MLflow server did not answer on {url} within 120 s")
             time.sleep(0.5)
         print(f"MLflow UI: {url}  (Ctrl-C stops it)", flush=True)
+        _print_links(uri, url)
         code = proc.wait()
         if code != 0:
             raise MdfrError(f"the MLflow server exited with code {code}")

@@ -10,6 +10,8 @@
   (grid x Optuna), :mod:`~mdfr.sweep.schedulers` (ASHA per grid cell),
   :mod:`~mdfr.sweep.progress` and :mod:`~mdfr.sweep.callbacks`.
 - :mod:`~mdfr.sweep.trainable` is what runs inside each Tune trial.
+- :mod:`~mdfr.sweep.results`: once the trials are done, the trial table on the parent run and
+  the champion (logged and registered as ``models:/<experiment>@champion``).
 - :mod:`~mdfr.sweep.ray_private`: the only uses of Ray internals.
 
 Importing this package imports neither Ray nor MLflow.

@@ -32,10 +32,11 @@ import ray
 from ray import tune
 
 from mdfr import provenance, tracking
+from mdfr.data.manifest import load_manifest
 from mdfr.errors import UsageError
 from mdfr.locks import FolderLock
 from mdfr.names import Tag
-from mdfr.sweep import preflight, stages
+from mdfr.sweep import preflight, results, stages
 from mdfr.sweep.plan import SweepPlan
 from mdfr.sweep.schema import check_storage
 from mdfr.sweep.session import is_local, ray_session
@@ -108,6 +109,9 @@ def run_sweep(
                 provenance=prov.tags(),
                 fault=_fault_from_env(),
             )
+            # One source and user for every run of the sweep, wherever it runs.
+            source = str(abs_path(plan.source, root)) if plan.source else None
+            state = state.replace(source=tracking.source_tags(source))
             state = _open_parent_run(state)
             with _parent_on_failure(state):
                 state.write()
@@ -117,7 +121,7 @@ def run_sweep(
                 )
                 log(f"if this driver stops: mdfr sweep resume {exp_dir}")
                 state = _stages(state, train_fn, log)
-                return _fit(state, train_fn, restore=False, retry_errored=False, verbose=verbose)
+                return _fit(state, train_fn, False, False, verbose, log)
 
 
 def resume_sweep(
@@ -153,11 +157,9 @@ def resume_sweep(
             log(f"resuming sweep {plan.name} in {exp_dir}")
             with _parent_on_failure(state):
                 if state.phase == "tune" and tune.Tuner.can_restore(str(exp_dir)):
-                    return _fit(
-                        state, train_fn, restore=True, retry_errored=retry_errored, verbose=verbose
-                    )
+                    return _fit(state, train_fn, True, retry_errored, verbose, log)
                 state = _stages(state, train_fn, log)
-                return _fit(state, train_fn, restore=False, retry_errored=False, verbose=verbose)
+                return _fit(state, train_fn, False, False, verbose, log)
 
 
 # --------------------------------------------------------------------------- steps
@@ -179,7 +181,7 @@ def _open_parent_run(state: SweepState) -> SweepState:
         plan.experiment,
         plan.name,
         state.exp_dir,
-        {Tag.GIT_COMMIT: state.git_commit, **state.provenance},
+        {Tag.GIT_COMMIT: state.git_commit, **state.provenance, **state.source},
     )
     tracker = store.tracker(parent)
     tracker.log_params(
@@ -201,19 +203,35 @@ def _open_parent_run(state: SweepState) -> SweepState:
 
 
 def _stages(state: SweepState, train_fn: TrainFn | None, log: Log) -> SweepState:
-    """The stages, then the resolved plan written to the state and beside the sweep file."""
+    """The stages, then the resolved plan written to the state and beside the sweep file, and
+    the sweep's dataset(s) as inputs of its parent run (the UI's Dataset column)."""
     state = stages.run_stages(state, train_fn or default_train_fn(), log)
     state.write()
-    tracking.Store(state.tracking_uri).tracker(state.parent_run_id).log_artifact(
-        str(state.state_file)
-    )
+    parent = tracking.Store(state.tracking_uri).tracker(state.parent_run_id)
+    parent.log_artifact(str(state.state_file))
+    for root in sorted({c.config["data.dataset"] for c in state.plan.cells}):
+        parent.log_dataset(root, load_manifest(root))
     return state
 
 
 def _fit(
-    state: SweepState, train_fn: TrainFn | None, *, restore: bool, retry_errored: bool, verbose: int
+    state: SweepState,
+    train_fn: TrainFn | None,
+    restore: bool,
+    retry_errored: bool,
+    verbose: int,
+    log: Log,
 ) -> SweepOutcome:
     outcome = fit(state, train_fn, restore=restore, retry_errored=retry_errored, verbose=verbose)
+    try:
+        # A stopped sweep crowns nothing: its best trial so far is not the sweep's champion
+        # (resume records the table and the champion once every trial is done).
+        outcome.champion = None if outcome.unfinished else results.finish(state, log)
+    except Exception as e:  # noqa: BLE001 - the trials are done; this step can be redone
+        log(
+            f"warning: the trial table or the champion could not be recorded in MLflow ({e}); "
+            f"`mdfr sweep resume {state.exp_dir}` tries again"
+        )
     store = tracking.Store(state.tracking_uri)
     tracker = store.tracker(state.parent_run_id)
     tracker.log_metrics({f"sweep/{k}": float(v) for k, v in outcome.counts.items()}, step=0)

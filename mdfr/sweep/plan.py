@@ -118,6 +118,8 @@ class SweepPlan:
     pretrain: dict[str, Any] | None
     finetune: dict[str, Any] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+    log_models: str = "best"  # best | all | none (mdfr.sweep.results)
+    system_metrics: bool = False  # resolved from the file's auto/true/false
 
     @property
     def num_samples(self) -> int:

@@ -203,12 +203,28 @@ class SweepFile:
     instead."""
     finetune: dict[str, Any] | None = None
     """A partial TrialConfig applied to every cell of mode finetune (Table II #1)."""
+    log_models: Literal["best", "all", "none"] = "best"
+    """Trained networks as MLflow logged models (PyTorch, exported graph): best logs only the
+    sweep's champion once every trial is done (the finished `proposed` trial with the best
+    validation metric, mdfr.sweep.results), all logs every finished trial's and pretraining
+    stage's network as it finishes, none logs none. Unless none, the champion is registered
+    as models:/<experiment>@champion."""
+    system_metrics: Bool | Str = "auto"
+    """MLflow system metrics (CPU, memory, disk, network, GPU) sampled into every trial's run:
+    auto (on when trials take GPUs), true or false."""
 
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
         if not re.match(NAME_PATTERN, value):
             raise ValueError(f"expected a name matching {NAME_PATTERN}, got {value!r}")
+        return value
+
+    @field_validator("system_metrics")
+    @classmethod
+    def _auto_or_bool(cls, value: bool | str) -> bool | str:
+        if value != "auto" and not isinstance(value, bool):
+            raise ValueError(f"expected auto, true or false, got {value!r}")
         return value
 
     @field_validator("storage")

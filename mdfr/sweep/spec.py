@@ -22,6 +22,10 @@ compares a trial only with the other samples of its own cell, so no cell (no Tab
 ever dropped. Every cell is turned into a :class:`TrialConfig` here, so an impossible
 combination fails at ``mdfr sweep validate`` time, not on the cluster.
 
+Models: ``log_models`` (default ``best``) chooses which trained networks become MLflow logged
+models, and the sweep's champion is registered as ``models:/<experiment>@champion``; the rule
+is in :mod:`mdfr.sweep.results`. ``system_metrics`` samples MLflow's system metrics.
+
 Stages have their own recipes: the shared CMI pretraining trains a classifier from scratch
 and starts from :data:`PRETRAIN_RECIPE` (Adam, cosine schedule) rather than the MDFR phase's
 ``base.optim``; ``pretrain:`` overrides it. ``finetune:`` overrides every fine-tuning cell;
@@ -187,8 +191,16 @@ def build_plan(raw: dict[str, Any], source: str = "") -> SweepPlan:
         prepare=prepare,
         pretrain=pretrain,
         finetune=finetune,
+        log_models=f.log_models,
+        system_metrics=_system_metrics(f.system_metrics, f.resources or Resources()),
     )
     return plan.replace(warnings=tuple(warnings + _scheduler_warnings(plan)))
+
+
+def _system_metrics(value: str | bool, resources: Resources) -> bool:
+    """``auto`` samples system metrics when trials take GPUs (what they are for); CPU-only
+    sweeps (the demo) stay lean."""
+    return resources.gpu > 0 if value == "auto" else bool(value)
 
 
 def describe_scheduler(plan: SweepPlan) -> str:

@@ -35,6 +35,7 @@ from mdfr.names import Kind, Tag
 from mdfr.results import TrialResult
 from mdfr.sweep import cache
 from mdfr.sweep.plan import Cell, SweepPlan, pretrain_base
+from mdfr.sweep.results import log_trial_model, model_tags
 from mdfr.sweep.schema import PrepareSpec
 from mdfr.sweep.state import (
     SweepState,
@@ -43,6 +44,7 @@ from mdfr.sweep.state import (
     read_json,
 )
 from mdfr.tracking import Store
+from mdfr.tracking.system import system_metrics
 
 RESULT_FILE = "result.json"
 TrainFn = Callable[..., TrialResult | dict[str, Any]]
@@ -185,14 +187,15 @@ def run_pretrain_stage(
     )
     state = work / "checkpoint" / "state.pt"
     try:
-        result = TrialResult.coerce(
-            train_fn(
-                cfg,
-                report=None,
-                tracker=store.tracker(run_id),
-                checkpoint=str(state.parent) if state.is_file() else None,
+        with system_metrics(run_id, store.uri, tracking.system_metrics):
+            result = TrialResult.coerce(
+                train_fn(
+                    cfg,
+                    report=None,
+                    tracker=store.tracker(run_id),
+                    checkpoint=str(state.parent) if state.is_file() else None,
+                )
             )
-        )
     except BaseException:
         store.finish(run_id, "FAILED", "failed")
         raise
@@ -202,6 +205,9 @@ def run_pretrain_stage(
             f"pretraining {cfg.model.backbone} (seed {cfg.seed}) ended with status "
             f"{result.status!r}; see {work}"
         )
+    if tracking.log_models == "all":  # from the work folder, before it is published
+        tags = model_tags(tracking.tags(cfg))
+        log_trial_model(store, run_id, work, f"pretrain-{outp.name}", tags, cfg.train.epochs)
     keep = {**result.scalars(), "run_id": run_id}
     keep = cache.publish(work, outp, keep)
     store.finish(run_id, "FINISHED", result.status)

@@ -48,9 +48,13 @@ class TrackingContext:
     codec: str = "unknown"
     # :meth:`mdfr.provenance.Provenance.tags`, recorded where the sweep was submitted.
     provenance: dict[str, str] = field(default_factory=dict)
+    source: dict[str, str] = field(default_factory=dict)  # MLflow's source/user tags
+    log_models: str = "best"  # the plan's, see mdfr.sweep.results
+    system_metrics: bool = False
 
     def tags(self, cfg: Any, **extra: Any) -> dict[str, str]:
-        """:func:`mdfr.names.trial_tags` of ``cfg`` in this sweep, with its provenance."""
+        """:func:`mdfr.names.trial_tags` of ``cfg`` in this sweep, with its provenance and
+        source tags (its file and user, wherever the run is made)."""
         return {
             **trial_tags(
                 cfg,
@@ -61,6 +65,7 @@ class TrackingContext:
                 **extra,
             ),
             **self.provenance,
+            **self.source,
         }
 
 
@@ -80,6 +85,7 @@ class SweepState:
         fault: test-only fault injection (``MDFR_TEST_FAULT``, see mdfr.sweep.trainable).
         experiment_id, parent_run_id: the sweep's MLflow experiment and parent run.
         dataset_hash, codec: the prepared dataset's content hash and codec (set by the stages).
+        source: MLflow's standard source tags (sweep file, user) for every run.
     """
 
     phase: str
@@ -95,6 +101,7 @@ class SweepState:
     dataset_hash: str = "unknown"
     codec: str = "unknown"
     provenance: dict[str, str] = field(default_factory=dict)
+    source: dict[str, str] = field(default_factory=dict)
 
     @property
     def state_file(self) -> Path:
@@ -111,6 +118,9 @@ class SweepState:
             self.dataset_hash,
             self.codec,
             dict(self.provenance),
+            dict(self.source),
+            self.plan.log_models,
+            self.plan.system_metrics,
         )
 
     def path(self, path: str | Path) -> Path:

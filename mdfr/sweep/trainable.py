@@ -32,8 +32,10 @@ from mdfr.config import TrialConfig
 from mdfr.names import EPOCH, FINAL_KEY, STATUS, Outcome, Tag
 from mdfr.results import TrialResult
 from mdfr.sweep.plan import Cell
+from mdfr.sweep.results import log_trial_model, model_tags
 from mdfr.sweep.state import TRIAL_RESULT_FILE, SweepState, atomic_write_json, read_json
 from mdfr.tracking import Store, Tracker
+from mdfr.tracking.system import system_metrics
 
 ATTEMPTS_FILE = "mdfr_attempts"
 TrainFn = Callable[..., TrialResult | dict[str, Any]]
@@ -138,6 +140,7 @@ def run_trial(config: dict[str, Any], train_fn: TrainFn) -> None:
     reporter = _Reporter(cfg.train.epochs, key, out, state.fault)
     with contextlib.ExitStack() as stack:
         resume_dir = _start_attempt(out, tracker, tags, stack)
+        stack.enter_context(system_metrics(run_id, store.uri, state.plan.system_metrics))
         # On an exception the run stays RUNNING: Tune retries, or the driver's RunCloser
         # records the final outcome (failed, or pruned when ASHA stopped the trial).
         result = TrialResult.coerce(
@@ -146,6 +149,8 @@ def run_trial(config: dict[str, Any], train_fn: TrainFn) -> None:
     final, ckpt = reporter.final(result)
     if result.checkpoint:
         tracker.set_tags({Tag.CHECKPOINT: result.checkpoint})
+    if state.plan.log_models == "all" and result.ok:
+        log_trial_model(store, run_id, out, key, model_tags(tags), cfg.train.epochs)
     atomic_write_json(out / TRIAL_RESULT_FILE, final)
     store.finish(run_id, "FINISHED", result.status)
     tune.report(final, checkpoint=ckpt)

@@ -47,6 +47,7 @@ class SweepOutcome:
     parent_run_id: str
     trials: list[TrialSummary] = field(default_factory=list)
     planned: int = 0  # trials the plan asked for (some may never have started)
+    champion: dict[str, Any] | None = None  # see mdfr.sweep.results.finish
 
     @property
     def unfinished(self) -> int:

@@ -1,4 +1,4 @@
-"""MLflow tracking: the only module that imports mlflow.
+"""MLflow tracking store: URIs, experiments, parent and child runs, the engine's tracker, reads.
 
 Conventions (docs/architecture.md, "Tracking"): one parent run per sweep (tag
 ``mdfr.kind=sweep``), one child run per trial (``mlflow.parentRunId`` + ``mdfr.kind=trial``), shared pretraining stages as children
@@ -6,6 +6,10 @@ with ``mdfr.kind=pretrain``. A trial's child run is found again by its determini
 ``mdfr.trial_key`` tag (scoped by the parent run id), so retries and ``mdfr sweep resume``
 reuse it instead of opening a second run — the reason we do not use Ray's
 ``MLflowLoggerCallback``, which opens new runs on restore.
+
+Every run carries MLflow's standard source tags (``mlflow.source.name``/``type``,
+``mlflow.user``, see :func:`source_tags`; the commit comes with :mod:`mdfr.provenance`), and
+every experiment is tagged as a model-training experiment (:data:`EXPERIMENT_KIND`).
 
 Everything goes through :class:`mlflow.MlflowClient` with explicit run ids (no fluent
 "active run"), so trials running as threads or processes never share global state. SQLite
@@ -15,107 +19,42 @@ stores are written by several trials at once; calls that hit "database is locked
 from __future__ import annotations
 
 import contextlib
+import functools
+import getpass
 import hashlib
 import math
 import os
 import random
-import socket
+import threading
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mdfr.errors import ConfigError, MdfrError
+from mdfr import provenance
 from mdfr.names import Kind, Tag
+from mdfr.tracking.datasets import dataset_inputs
+from mdfr.tracking.uris import (
+    REACH_TIMEOUT_S,
+    _sqlite_path,
+    check_reachable,
+    check_tracking_uri,
+    resolve_uri,
+)
 
 T = TypeVar("T")
 
 _LOCK_RETRY_S = 60.0
 
-
-# --------------------------------------------------------------------------- URIs
-
-
-def resolve_uri(uri: str, base: str | Path | None = None) -> str:
-    """Absolute form of a tracking URI, safe to hand to Ray (which changes directories).
-
-    ``sqlite:///rel/x.db`` -> ``sqlite:////abs/rel/x.db``; a bare path -> ``file:///abs``;
-    server URIs are returned unchanged.
-    """
-    root = Path(base or os.getcwd())
-    if uri.startswith("sqlite:///"):
-        path = Path(uri[len("sqlite:///") :]).expanduser()
-        return f"sqlite:///{path if path.is_absolute() else (root / path).resolve()}"
-    if uri.startswith("file://"):
-        path = Path(uri[len("file://") :]).expanduser()
-        return f"file://{path if path.is_absolute() else (root / path).resolve()}"
-    if "://" not in uri:
-        path = Path(uri).expanduser()
-        return f"file://{path if path.is_absolute() else (root / path).resolve()}"
-    return uri
+# MLflow's experiment-type tag. The 3.x UI reads it as "Machine learning" (runs, charts, compare
+# pages) rather than "GenAI apps & agents" (traces, sessions). MLflow 3.17's UI follows a
+# global sidebar switch instead, which a URL chooses with ``?workflowType=machine_learning``
+# (see ``mdfr.commands.ui.ui_links``); the tag still documents the kind, and the UIs that read
+# it (3.2-3.16, Databricks) open the runs view.
+EXPERIMENT_KIND = {Tag.MLFLOW_EXPERIMENT_KIND: "custom_model_development"}
 
 
-def _sqlite_path(uri: str) -> Path | None:
-    return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
-
-
-DEFAULT_URI = "sqlite:///results/mlflow.db"
-# Schemes MLflow 3.17 can track to (SQLAlchemy dialects may add "+driver"). File stores (a
-# folder, file://) are not among them: MLflow refuses them at the first call, so they are
-# refused when a sweep file or option is read.
-URI_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
-_DB_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
-REACH_TIMEOUT_S = 5.0
-
-
-def _file_store_allowed() -> bool:
-    # MLflow's own opt-out for its deprecated file store; without it MLflow refuses at run time.
-    return os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() in ("1", "true")
-
-
-def check_tracking_uri(value: Any, where: str = "tracking_uri") -> str:
-    """A validated MLflow tracking URI, from a sweep file or ``--tracking-uri``.
-
-    Args:
-        value: what the user gave.
-        where: how the user gave it, named in the error (``tracking_uri``, ``--tracking-uri``).
-
-    Raises:
-        ConfigError: empty, a file store (unless ``MLFLOW_ALLOW_FILE_STORE=true``), an
-            unsupported scheme, a malformed ``sqlite:`` URI or a server URI without a host or
-            with a bad port.
-    """
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(where, f"expected an MLflow tracking URI, got {value!r}")
-    scheme = value.split("://", 1)[0] if "://" in value else ""
-    if scheme in ("", "file"):
-        if _file_store_allowed():
-            return value
-        raise ConfigError(
-            where,
-            f"got {value!r}: a file store, which MLflow 3.17 cannot use; use "
-            f"sqlite:///<path>.db on one machine (e.g. {DEFAULT_URI}) or a tracking "
-            "server, https://HOST[:PORT]",
-        )
-    if scheme.split("+", 1)[0] not in URI_SCHEMES:
-        raise ConfigError(
-            where,
-            f"unsupported scheme {scheme!r} in {value!r}; allowed: {', '.join(URI_SCHEMES)}",
-        )
-    if scheme == "sqlite" and (not value.startswith("sqlite:///") or value == "sqlite:///"):
-        raise ConfigError(where, f"expected sqlite:///<path to .db>, got {value!r}")
-    if scheme in ("http", "https"):
-        parsed = urllib.parse.urlsplit(value)
-        try:
-            parsed.port  # noqa: B018 - raises ValueError on a port that is not 0-65535
-        except ValueError:
-            raise ConfigError(where, f"bad port in {value!r}") from None
-        if not parsed.hostname:
-            raise ConfigError(where, f"expected {scheme}://host[:port], got {value!r}")
-    return value
+# --------------------------------------------------------------------------- store
 
 
 def connect(uri: str, where: str = "--tracking-uri", timeout: float = REACH_TIMEOUT_S) -> Store:
@@ -129,183 +68,27 @@ def connect(uri: str, where: str = "--tracking-uri", timeout: float = REACH_TIME
     return Store(uri)
 
 
-def _tcp_probe(uri: str, timeout: float) -> None:
-    """Connect to a database server's port: a dead host fails in ``timeout`` seconds, not the
-    minutes a driver's connect retries can take."""
-    parsed = urllib.parse.urlsplit(uri)
-    scheme = parsed.scheme.split("+", 1)[0]
-    if scheme not in _DB_PORTS or not parsed.hostname:
-        return  # a Unix socket or a databricks profile: nothing to probe
-    try:
-        port = parsed.port or _DB_PORTS[scheme]
-    except ValueError:
-        raise MdfrError(f"tracking store {_redact(uri)}: bad port") from None
-    try:
-        with socket.create_connection((parsed.hostname, port), timeout=timeout):
-            pass
-    except OSError as e:
-        raise MdfrError(
-            f"tracking store {_redact(uri)} is unreachable ({parsed.hostname}:{port}: "
-            f"{e.strerror or e}); start the database or fix the URI"
-        ) from None
-
-
-def _db_login(uri: str, timeout: float) -> None:
-    """One connection with a bounded timeout. MLflow's own engine retries a refused login ten
-    times with exponential back-off (about two minutes) and has no setting to shorten that."""
-    import sqlalchemy
-
-    scheme = uri.split("://", 1)[0].split("+", 1)[0]
-    if scheme not in ("postgresql", "mysql"):
-        return
-    args = {"connect_timeout": max(1, math.ceil(timeout))}
-    try:
-        engine = sqlalchemy.create_engine(
-            uri, connect_args=args, poolclass=sqlalchemy.pool.NullPool
-        )
-        with engine.connect():
-            pass
-    except Exception as e:  # noqa: BLE001 - the driver's errors differ; all mean "unusable"
-        raise MdfrError(f"tracking store {_redact(uri)} is unusable: {_first_line(e)}") from None
-
-
-def _redact(uri: str) -> str:
-    """``uri`` without a password (database URIs may carry one)."""
-    parsed = urllib.parse.urlsplit(uri)
-    if parsed.password is None:
-        return uri
-    netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@", 1)
-    return urllib.parse.urlunsplit(parsed._replace(netloc=netloc))
-
-
-def check_reachable(
-    uri: str, timeout: float = REACH_TIMEOUT_S, where: str = "tracking URI"
-) -> None:
-    """Fail fast (before any trial starts) when the tracking store cannot be used.
-
-    A server must answer ``/health`` (no authentication there) and then one authenticated read
-    with this process's credentials, so wrong or missing ``MLFLOW_TRACKING_USERNAME`` and
-    ``MLFLOW_TRACKING_PASSWORD`` stop the sweep here instead of failing every trial later.
-    A database server must accept a TCP connection within ``timeout``, then one query.
-
-    Raises:
-        ConfigError: a URI no MLflow store can have (exit 2).
-        MdfrError: naming the URI and what to do.
-    """
-    check_tracking_uri(uri, where)
-    if uri.startswith(("http://", "https://")):
-        url = uri.rstrip("/") + "/health"
-        try:
-            with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - user URI
-                if resp.status >= 400:
-                    raise MdfrError(f"MLflow tracking server {uri} answered HTTP {resp.status}")
-        except (urllib.error.URLError, OSError, ValueError) as e:
-            reason = getattr(e, "reason", e)
-            raise MdfrError(
-                f"MLflow tracking server {uri} is unreachable ({reason}); start it "
-                "(`mlflow server --host 127.0.0.1 --port 5000`) or use "
-                f"--tracking-uri {DEFAULT_URI}"
-            ) from None
-        _check_read(uri, timeout)
-        return
-    path = _sqlite_path(uri)
-    if path is None and uri.startswith("file://"):
-        path = Path(uri[len("file://") :]) / "x"
-    if path is not None:
-        if path.is_dir():
-            raise ConfigError(where, f"{uri}: {path} is a directory, not a SQLite file")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise MdfrError(
-                f"tracking store {uri}: cannot create {path.parent} ({e.strerror or e})"
-            ) from None
-        if not os.access(path.parent, os.W_OK):
-            raise MdfrError(f"tracking store {uri}: {path.parent} is not writable")
-        return
-    # Database URIs (postgresql://...): the port, one login, then one cheap MLflow call.
-    _tcp_probe(uri, timeout)
-    _db_login(uri, timeout)
-    try:
-        with _one_quick_request(timeout):
-            Store(uri).client.search_experiments(max_results=1)
-    except Exception as e:  # noqa: BLE001 - any failure means "unusable"
-        raise MdfrError(f"tracking store {_redact(uri)} is unusable: {_first_line(e)}") from None
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+_PROCESS_URI_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
-def _one_quick_request(timeout: float) -> Iterator[None]:
-    """MLflow HTTP calls in this block fail at once instead of retrying for minutes.
+def process_uri(uri: str) -> Iterator[None]:
+    """Make ``uri`` MLflow's process-wide tracking URI for the block, then put it back.
 
-    MLflow reads both variables on every request; they are put back afterwards so the
-    sweep's own calls keep MLflow's retries (a busy server is not a dead one).
+    For the few MLflow calls that resolve ``models:/<model id>`` through the process-wide URI
+    whatever client they are called on (MLflow 3.17's SQL model registry says so in a TODO;
+    ``mlflow.artifacts.download_artifacts`` of a logged model and ``load_table`` do the same).
+    MLflow mirrors the URI in ``MLFLOW_TRACKING_URI``, so that variable is what is restored.
     """
-    saved = {k: os.environ.get(k) for k in _QUICK_ENV}
-    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
-    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(max(1, math.ceil(timeout)))
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    import mlflow
 
-
-_QUICK_ENV = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")
-_CREDENTIALS = "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
-
-
-def _check_read(uri: str, timeout: float) -> None:
-    """One authenticated read from a server that answered ``/health``; 401/403 -> credentials."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        # A healthy server may still be slow to answer a query (its database is busy).
-        with _one_quick_request(max(timeout, 15.0)):
-            Store(uri).client.search_experiments(max_results=1)
-    except MlflowException as e:
-        code = e.get_http_status_code()
-        user = os.environ.get("MLFLOW_TRACKING_USERNAME")
-        where = "in the driver's environment and, on a cluster, every node's (cluster/README.md)"
-        if code == 401 and not user and os.environ.get("MLFLOW_TRACKING_TOKEN"):
-            raise MdfrError(
-                f"MLflow tracking server {uri} refused MLFLOW_TRACKING_TOKEN (HTTP 401): check "
-                f"it, or set {_CREDENTIALS} instead, {where}"
-            ) from None
-        if code == 401 and not user:
-            raise MdfrError(
-                f"MLflow tracking server {uri} wants a login (HTTP 401) and "
-                f"MLFLOW_TRACKING_USERNAME is not set: set {_CREDENTIALS} to a user of that "
-                f"server, {where}"
-            ) from None
-        if code == 401:
-            raise MdfrError(
-                f"MLflow tracking server {uri} refused user {user!r} (HTTP 401): check "
-                f"{_CREDENTIALS}, {where}"
-            ) from None
-        if code == 403:
-            raise MdfrError(
-                f"MLflow tracking server {uri} denied user {user or '(none)'!r} a read "
-                f"(HTTP 403): give that user access, or set {_CREDENTIALS} to one that has "
-                f"it, {where}"
-            ) from None
-        raise MdfrError(
-            f"MLflow tracking server {uri} answered /health but not a read: {e}"
-        ) from None
-    except Exception as e:  # noqa: BLE001 - a network error between the two calls, TLS ...
-        raise MdfrError(
-            f"MLflow tracking server {uri} answered /health but not a read: {e}"
-        ) from None
-
-
-# --------------------------------------------------------------------------- store
+    with _PROCESS_URI_LOCK:
+        saved = os.environ.get("MLFLOW_TRACKING_URI")
+        mlflow.set_tracking_uri(uri)
+        try:
+            yield
+        finally:
+            mlflow.set_tracking_uri(saved)
 
 
 def _is_locked(e: BaseException) -> bool:
@@ -327,6 +110,38 @@ def _retry(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
             delay = min(delay * 2, 2.0)
 
 
+def source_tags(name: str | None = None, user: str | None = None) -> dict[str, str]:
+    """MLflow's standard source tags, which fill the UI's Source and User columns.
+
+    A run made with them also gets this process's commit as ``mlflow.source.git.commit``
+    (when known); a sweep's runs carry the commit of the submitting checkout instead, with the
+    rest of :meth:`mdfr.provenance.Provenance.tags`.
+
+    Args:
+        name: what ran, normally the sweep file or trial config (absolute path; the UI shows
+            its file name); ``mdfr`` when nothing better is known.
+        user: who ran it (default: this process's user). A sweep passes the driver's values
+            to its trials so runs on other nodes name the same source and user.
+    """
+    if user is None:
+        try:
+            user = getpass.getuser()
+        except (KeyError, OSError):  # no passwd entry (containers with arbitrary uids)
+            user = "unknown"
+    return {
+        Tag.MLFLOW_SOURCE_NAME: name or "mdfr",
+        Tag.MLFLOW_SOURCE_TYPE: "LOCAL",
+        Tag.MLFLOW_USER: user,
+    }
+
+
+@functools.cache
+def _commit_tag() -> dict[str, str]:
+    """``mlflow.source.git.commit`` of this process's code, asked once (git may be slow)."""
+    commit = provenance.current().commit
+    return {} if commit == provenance.UNKNOWN else {Tag.MLFLOW_GIT_COMMIT: commit}
+
+
 def _q(value: str) -> str:
     """A value for an MLflow filter string; our keys never need quoting, refuse ones that do."""
     if "'" in value or "\\" in value:
@@ -344,6 +159,8 @@ class Store:
     def __init__(self, uri: str):
         from mlflow import MlflowClient
 
+        # MLflow draws a progress bar per artifact download: noise in a sweep's or CLI's output.
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         self.uri = resolve_uri(uri)
         self.client = MlflowClient(tracking_uri=self.uri)
 
@@ -358,18 +175,39 @@ class Store:
         """
         exp = _retry(self.client.get_experiment_by_name, name)
         if exp is not None:
+            self._mark_kind(exp)
             return exp.experiment_id
         location = None
         db = _sqlite_path(self.uri)
         if db is not None:
             location = (db.parent / "mlartifacts").as_uri()
         try:
-            return _retry(self.client.create_experiment, name, artifact_location=location)
+            return _retry(
+                self.client.create_experiment,
+                name,
+                artifact_location=location,
+                tags=EXPERIMENT_KIND,
+            )
         except Exception:
             exp = _retry(self.client.get_experiment_by_name, name)  # created concurrently
             if exp is None:
                 raise
             return exp.experiment_id
+
+    def _mark_kind(self, exp: Any) -> None:
+        """Tag an experiment made before mdfr tagged them (or by hand) as model training."""
+        for key, value in EXPERIMENT_KIND.items():
+            if exp.tags.get(key) != value:
+                _retry(self.client.set_experiment_tag, exp.experiment_id, key, value)
+
+    def experiments(self) -> list[tuple[str, str]]:
+        """(id, name) of the store's active experiments but MLflow's empty "Default"."""
+        found = _retry(self.client.search_experiments, max_results=1000)
+        return [
+            (e.experiment_id, e.name)
+            for e in found
+            if not (e.experiment_id == "0" and e.name == "Default")
+        ]
 
     def find_run(self, experiment_id: str, tags: dict[str, str]) -> Any | None:
         """The first active run carrying all ``tags`` (oldest first), or None."""
@@ -402,7 +240,7 @@ class Store:
             if reopen and run.info.status != "RUNNING":
                 _retry(self.client.update_run, run.info.run_id, status="RUNNING")
             return run.info.run_id, False
-        all_tags = {**tags, **key_tags}
+        all_tags = {**source_tags(), **_commit_tag(), **tags, **key_tags}
         run = _retry(self.client.create_run, experiment_id, tags=all_tags, run_name=name)
         return run.info.run_id, True
 
@@ -488,6 +326,10 @@ class Tracker:
         items = [Param(str(k), _param_value(v)) for k, v in params.items()]
         for i in range(0, len(items), 100):  # MLflow's per-batch parameter limit
             _retry(self.store.client.log_batch, self.run_id, params=items[i : i + 100])
+
+    def log_dataset(self, root: str, manifest: dict[str, Any]) -> None:
+        """The prepared dataset at ``root`` as the run's inputs (:mod:`mdfr.tracking.datasets`)."""
+        _retry(self.store.client.log_inputs, self.run_id, datasets=dataset_inputs(root, manifest))
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
