@@ -10,6 +10,8 @@ import datetime as dt
 import json
 from pathlib import Path
 
+import pytest
+
 from mdfr.cli import main
 
 MACHINE_KEYS = {
@@ -132,3 +134,47 @@ def test_packing_mechanics_with_plain_processes(tmp_path):
     # the timed windows of concurrent trials overlap (they met at the barrier first)
     a, b = rows[2]["per_trial"]
     assert max(a["t_start"], b["t_start"]) < min(a["t_end"], b["t_end"])
+
+
+@pytest.mark.slow
+def test_scale_quick_runs_a_sweep_file_on_logical_gpus(tmp_path):
+    """`mdfr bench scale --quick`: a real `mdfr sweep run` of a table2-derived file on logical
+    GPUs (SQLite), every trial finished with one MLflow run, the driver's figures present."""
+    out = tmp_path / "scale.json"
+    args = ["bench", "scale", "--quick", "--json", str(out), "--cache", str(tmp_path / "cache")]
+    assert main(args) == 0
+    doc = _load(out)
+    r = doc["results"]
+    assert r["trials"] == r["finished"] == r["mlflow_trial_runs"] == 4
+    assert r["driver_exit_code"] == 0 and r["tracking_backend"] == "sqlite"
+    # table2.yaml's half-GPU trials: never more than two on a GPU (whether two overlapped
+    # depends on timing; tests/test_sweep_gpu_packing.py proves the packing with a barrier)
+    assert doc["sweep_file"]["resources"]["gpu"] == 0.5
+    assert 1 <= r["max_concurrent_per_gpu"] <= 2 and 1 <= r["gpus_used"] <= 2
+    assert r["driver_ms_per_trial"] > 0 and r["driver_peak_rss_mb"] > 0
+    assert r["mlflow_calls_per_trial"] > 0 and r["mlflow_p95_ms"] > 0
+    assert "searcher.suggest" in r["driver_spans"] and "trial.open_run" in r["trial_spans"]
+    assert set(doc["targets"]) >= {"driver_ms_per_trial_met", "driver_rss_met", "applies"}
+    # the temporary work folder is named by a placeholder, not by this machine's path
+    assert "$WORK/" in doc["sweep_file"]["storage"] and str(tmp_path) not in out.read_text()
+
+
+def test_memory_counts_every_process_of_the_command(tmp_path):
+    """`mdfr bench memory --quick`: a parent and the child it starts each hold 64 MiB; the peak
+    counts both (the demo's Ray workers are such children), in a file without local paths."""
+    out = tmp_path / "memory.json"
+    assert main(["bench", "memory", "--quick", "--every", "0.2", "--json", str(out)]) == 0
+    doc = _load(out)
+    r = doc["results"]
+    assert r["exit_code"] == 0 and r["samples"] >= 3
+    assert r["peak_processes"] >= 2
+    assert r["peak_pss_mb"] >= 2 * 64, r  # one process alone holds 64 MiB and its interpreter
+    assert r["peak_rss_sum_mb"] >= r["peak_pss_mb"]
+    assert doc["targets"]["peak_pss_mb_max"] == 8192 and doc["targets"]["met"] is True
+    assert doc["config"]["command"] == "the quick stand-in"
+
+
+def test_memory_of_a_failing_command_is_still_written_and_exits_1(tmp_path):
+    out = tmp_path / "memory.json"
+    assert main(["bench", "memory", "--command", "false", "--json", str(out)]) == 1
+    assert json.loads(out.read_text())["results"]["exit_code"] == 1

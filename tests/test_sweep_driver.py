@@ -43,6 +43,28 @@ def test_unreachable_tracking_server_fails_before_ray_starts(tmp_path, capsys):
     assert not _ray_started() and not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize(
+    ("value", "expect"),
+    [
+        ("os:system", "expected <mdfr module>:<function>"),
+        ("mdfr.bench.scale", "expected <mdfr module>:<function>"),
+        ("mdfr.bench.sweep:no_such_fn", "no_such_fn"),
+        ("mdfr.bench.sweep:TIMING_FILE", "is not a function"),
+    ],
+)
+def test_test_only_train_fn_hook_refuses_what_it_cannot_run(
+    tmp_path, capsys, monkeypatch, value, expect
+):
+    """MDFR_TEST_TRAIN_FN (mdfr bench scale's hook) names an mdfr function, or the run stops."""
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(f"name: s\nbase: {{data: {{dataset: {tmp_path}}}}}\n")
+    monkeypatch.setenv("MDFR_TEST_TRAIN_FN", value)
+    code = main(["sweep", "run", str(sweep), "--storage", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and "MDFR_TEST_TRAIN_FN" in err and expect in err, err
+    assert not _ray_started() and not (tmp_path / "r").exists()
+
+
 def test_unprepared_dataset_fails_before_ray_starts(tmp_path):
     plan = build_plan({"name": "s", "base": {"data": {"dataset": str(tmp_path / "none")}}})
     with pytest.raises(UsageError, match="is not prepared"):

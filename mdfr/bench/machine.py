@@ -130,9 +130,13 @@ def write_json(doc: dict[str, Any], path: str | Path) -> list[Path]:
     Returns:
         The files written.
     """
+    # Lazy: the report package is not needed until a result is written.
+    from mdfr.report.portable import portable
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(doc, indent=1, default=_json_default) + "\n"
+    # Result files are committed under results/bench: paths of this checkout made relative.
+    text = portable(json.dumps(doc, indent=1, default=_json_default)) + "\n"
     path.write_text(text)
     written = [path]
     out = os.environ.get("OUT")

@@ -266,6 +266,8 @@ def measure(
         runner.sync()
         elapsed = time.perf_counter() - t0
         mem = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
+        # What the process holds (allocator cache included): what packing trials compete for.
+        reserved = torch.cuda.max_memory_reserved() / 2**30 if device == "cuda" else None
         losses = (
             {k: v / max(1, runner.patches // setup.batch) for k, v in runner.sums.items()}
             if runner.sums
@@ -297,6 +299,7 @@ def measure(
         out["step_s_min"] = round(min(per_step), 5)
     if mem is not None:
         out["max_memory_gib"] = round(mem, 2)
+        out["max_memory_reserved_gib"] = round(reserved, 2)
     if losses:
         out["mean_loss"] = round(losses.get("loss", float("nan")), 5)
     return out

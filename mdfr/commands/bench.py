@@ -15,7 +15,7 @@ from pathlib import Path
 from mdfr.commands.options import NON_NEGATIVE_FLOAT, POSITIVE, POSITIVE_FLOAT
 from mdfr.errors import UsageError
 
-HELP = "measure training, loading and sweep throughput"
+HELP = "measure training, loading and sweep throughput, and the demo's memory"
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -42,7 +42,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "loading (shards vs per-sample JPEG decoding) and sweep overhead / GPU packing; write "
         "the figures as JSON under results/bench/.",
     )
-    p.add_argument("kind", choices=("step", "loader", "sweep", "all"), help="what to measure")
+    p.add_argument(
+        "kind",
+        choices=("step", "loader", "sweep", "scale", "memory", "all"),
+        help="what to measure (all: step, loader and sweep)",
+    )
     p.add_argument(
         "--device",
         choices=("auto", "cpu", "cuda"),
@@ -152,11 +156,50 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="run packing trials through the sweep driver (ray) or as plain processes",
     )
     g.add_argument("--address", help="Ray cluster address (default: start Ray locally)")
+
+    g = p.add_argument_group("scale (also --trials, --epochs, --trial-seconds, --keep)")
+    g.add_argument("--nodes", type=int, help="simulated worker nodes (default 4)")
+    g.add_argument(
+        "--gpus-per-node", dest="gpus_per_node", type=int, help="logical GPUs per node (default 8)"
+    )
+    g.add_argument(
+        "--tracking",
+        dest="tracking_mode",
+        choices=("server", "sqlite"),
+        help="PostgreSQL-backed MLflow server (default) or a SQLite file on one node",
+    )
+    g.add_argument(
+        "--max-concurrent",
+        dest="max_concurrent",
+        type=int,
+        help="trials at once (default: as many as the simulated GPUs hold)",
+    )
+    g.add_argument(
+        "--timeout", dest="timeout_s", type=float, help="stop the driver after this many seconds"
+    )
+    g.add_argument(
+        "--profile",
+        action="store_true",
+        default=None,
+        help="sample the driver with py-spy and say where its CPU went",
+    )
     g.add_argument(
         "--keep",
         action="store_true",
         default=None,
         help="keep the bench sweeps' Ray storage and MLflow files",
+    )
+
+    g = p.add_argument_group("memory")
+    g.add_argument(
+        "--command",
+        dest="run_command",
+        metavar="CMD",
+        help="command whose processes are measured (default: python -m mdfr.demo, i.e. make "
+        "demo, in the current directory)",
+    )
+    g.add_argument(
+        "--every", dest="every_s", type=POSITIVE_FLOAT, help="seconds between samples (0.5)"
     )
     p.set_defaults(func=run)  # fmt: skip
 
@@ -206,11 +249,20 @@ def run(args: argparse.Namespace) -> int:
             "address",
             "keep",
             "cache",
+            "nodes",
+            "gpus_per_node",
+            "tracking_mode",
+            "max_concurrent",
+            "timeout_s",
+            "profile",
+            "run_command",
+            "every_s",
         )  # fmt: skip
     }
-    for key in ("width", "depth", "batch", "steps", "trials", "epochs", "concurrency"):
+    for key in ("width", "depth", "batch", "steps", "trials", "epochs", "concurrency", "nodes",
+                "gpus_per_node", "max_concurrent"):  # fmt: skip
         if opts[key] is not None and opts[key] < 1:
-            flag = "--batch-size" if key == "batch" else f"--{key}"
+            flag = "--batch-size" if key == "batch" else f"--{key.replace('_', '-')}"
             raise UsageError(f"{flag} must be at least 1, got {opts[key]}")
     if opts["warmup"] is not None and opts["warmup"] < 0:
         raise UsageError(f"--warmup must be >= 0, got {opts['warmup']}")
@@ -218,7 +270,7 @@ def run(args: argparse.Namespace) -> int:
         doc = run_all(device, args.quick, opts)
     else:
         doc = run_kind(args.kind, device, args.quick, opts, print)
-    file_device = "cpu" if args.kind == "loader" else device
+    file_device = "cpu" if args.kind in ("loader", "scale", "memory") else device
     path = Path(args.json_path) if args.json_path else default_json_path(args.kind, file_device)
     for written in write_json(doc, path):
         print(f"wrote {written}")

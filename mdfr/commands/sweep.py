@@ -7,7 +7,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from mdfr.commands import add_set_option
-from mdfr.commands.options import POSITIVE
+from mdfr.commands.options import NON_NEGATIVE, POSITIVE
 from mdfr.errors import MdfrError
 from mdfr.names import VAL_ACC, Tag, acc_metric
 
@@ -32,6 +32,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--storage", help="Tune storage folder (overrides the file)")
     r.add_argument("--address", help="Ray address (auto, ray://host:10001); default: local Ray")
     r.add_argument("--num-cpus", type=POSITIVE, help="CPUs of a locally started Ray instance")
+    r.add_argument(
+        "--num-gpus",
+        type=NON_NEGATIVE,
+        help="GPUs a locally started Ray instance declares (default: detected; logical GPUs "
+        "without CUDA simulate a GPU machine)",
+    )
     r.add_argument("--quiet", action="store_true", help="no live progress table")
     _add_set(r)
     r.set_defaults(func=run)
@@ -41,6 +47,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--storage", help="where to look for NAME (default results/ray)")
     c.add_argument("--address", help="Ray address; default: local Ray")
     c.add_argument("--num-cpus", type=POSITIVE, help="CPUs of a locally started Ray instance")
+    c.add_argument(
+        "--num-gpus", type=NON_NEGATIVE, help="GPUs a locally started Ray instance declares"
+    )
     c.add_argument(
         "--retry-errored", action="store_true", help="also rerun trials that failed for good"
     )
@@ -108,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
         tracking_uri=args.tracking_uri,
         address=args.address,
         num_cpus=args.num_cpus,
+        num_gpus=args.num_gpus,
         verbose=0 if args.quiet else 1,
     )
     return _summary(out)
@@ -122,6 +132,7 @@ def resume(args: argparse.Namespace) -> int:
         storage=args.storage,
         address=args.address,
         num_cpus=args.num_cpus,
+        num_gpus=args.num_gpus,
         retry_errored=args.retry_errored,
         verbose=0 if args.quiet else 1,
     )

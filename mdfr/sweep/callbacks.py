@@ -12,6 +12,7 @@ from typing import Any
 
 from ray.tune import Callback
 
+from mdfr import probe
 from mdfr.names import FINAL_KEY, Outcome, Tag
 from mdfr.tracking import Store
 
@@ -44,9 +45,11 @@ class RunCloser(Callback):
         except Exception as e:  # noqa: BLE001 - tracking trouble must not kill the sweep
             log.warning("could not close MLflow run of trial %s: %s", key, e)
 
+    @probe.timed("callback.run_closer")
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if not (trial.last_result or {}).get(FINAL_KEY):
             self._close(trial, "FINISHED", Outcome.PRUNED)
 
+    @probe.timed("callback.run_closer")
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._close(trial, "FAILED", Outcome.FAILED)

@@ -23,6 +23,7 @@ cached.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -31,7 +32,7 @@ from pathlib import Path
 import ray
 from ray import tune
 
-from mdfr import provenance, tracking
+from mdfr import probe, provenance, tracking
 from mdfr.data.manifest import load_manifest
 from mdfr.errors import UsageError
 from mdfr.locks import FolderLock
@@ -59,6 +60,7 @@ def run_sweep(
     train_fn: TrainFn | None = None,
     root: Path | None = None,
     num_cpus: int | None = None,
+    num_gpus: int | None = None,
     log: Log = print,
     verbose: int = 1,
 ) -> SweepOutcome:
@@ -68,27 +70,34 @@ def run_sweep(
         plan: from :func:`mdfr.sweep.spec.load_sweep`.
         storage, tracking_uri: override the sweep file's.
         address: Ray address (``auto``, ``ray://host:10001``); None starts Ray locally.
-        train_fn: the trial function, ``mdfr.engine.train_trial`` by default.
+        train_fn: the trial function, ``mdfr.engine.train_trial`` by default (tests and
+            benchmarks: see :func:`test_train_fn`).
         root: directory relative paths are resolved against (default: the current one).
         num_cpus: CPUs of a locally started Ray instance (default: all).
+        num_gpus: GPUs it declares (default: detected; logical ones simulate a GPU machine).
         log: receives progress lines.
         verbose: console progress (0 none, 1 trial outcomes and a status line, 2 every epoch).
     """
     root = (root or Path.cwd()).resolve()
-    if tracking_uri is not None:
-        tracking_uri = check_tracking_uri(tracking_uri, "--tracking-uri")
-    store_dir = abs_path(
-        plan.storage if storage is None else check_storage(storage, "--storage"), root
-    )
-    uri = tracking.resolve_uri(tracking_uri or plan.tracking_uri, root)
-    tracking.check_reachable(uri)
-    if plan.prepare is None:  # fail before Ray starts, not inside the first trial
-        stages.check_datasets({str(abs_path(c.config["data.dataset"], root)) for c in plan.cells})
-    with ray_session(address, num_cpus):
+    train_fn = train_fn or test_train_fn()
+    with probe.span("driver.checks"):
+        if tracking_uri is not None:
+            tracking_uri = check_tracking_uri(tracking_uri, "--tracking-uri")
+        store_dir = abs_path(
+            plan.storage if storage is None else check_storage(storage, "--storage"), root
+        )
+        uri = tracking.resolve_uri(tracking_uri or plan.tracking_uri, root)
+        tracking.check_reachable(uri)
+        if plan.prepare is None:  # fail before Ray starts, not inside the first trial
+            stages.check_datasets(
+                {str(abs_path(c.config["data.dataset"], root)) for c in plan.cells}
+            )
+    with ray_session(address, num_cpus, num_gpus):
         # Everything about the cluster is checked before the sweep folder or its MLflow run
         # exist: a refused sweep leaves nothing behind.
-        _check_resources(plan, is_local(address), log)
-        preflight.check_cluster(_shared_paths(plan, store_dir, root), uri)
+        with probe.span("driver.cluster_checks"):
+            _check_resources(plan, is_local(address), log)
+            preflight.check_cluster(_shared_paths(plan, store_dir, root), uri)
         exp_dir = _new_sweep_folder(store_dir, plan.name)
         # Recorded here, where the sweep is submitted: trials may run without .git.
         prov = provenance.current()
@@ -112,7 +121,8 @@ def run_sweep(
             # One source and user for every run of the sweep, wherever it runs.
             source = str(abs_path(plan.source, root)) if plan.source else None
             state = state.replace(source=tracking.source_tags(source))
-            state = _open_parent_run(state)
+            with probe.span("driver.mlflow_setup"):
+                state = _open_parent_run(state)
             with _parent_on_failure(state):
                 state.write()
                 log(f"sweep {plan.name}: {plan.num_trials} trials -> {exp_dir}")
@@ -120,7 +130,8 @@ def run_sweep(
                     f"MLflow: experiment {plan.experiment!r}, parent run {state.parent_run_id} at {uri}"
                 )
                 log(f"if this driver stops: mdfr sweep resume {exp_dir}")
-                state = _stages(state, train_fn, log)
+                with probe.span("driver.stages"):
+                    state = _stages(state, train_fn, log)
                 return _fit(state, train_fn, False, False, verbose, log)
 
 
@@ -132,6 +143,7 @@ def resume_sweep(
     train_fn: TrainFn | None = None,
     retry_errored: bool = False,
     num_cpus: int | None = None,
+    num_gpus: int | None = None,
     log: Log = print,
     verbose: int = 1,
 ) -> SweepOutcome:
@@ -145,11 +157,12 @@ def resume_sweep(
         LockedError: another driver is running this sweep (named in the message).
     """
     exp_dir = find_sweep(name_or_path, storage)
+    train_fn = train_fn or test_train_fn()
     with FolderLock(exp_dir, "sweep folder"):
         state = SweepState.read(exp_dir)
         tracking.check_reachable(state.tracking_uri)
         plan = state.plan
-        with ray_session(address, num_cpus):
+        with ray_session(address, num_cpus, num_gpus):
             _check_resources(plan, is_local(address), log)
             shared = _shared_paths(plan, Path(state.storage), Path(state.root))
             preflight.check_cluster(shared, state.tracking_uri)
@@ -223,6 +236,7 @@ def _fit(
     log: Log,
 ) -> SweepOutcome:
     outcome = fit(state, train_fn, restore=restore, retry_errored=retry_errored, verbose=verbose)
+    probe.mark("driver.fit_end")
     try:
         # A stopped sweep crowns nothing: its best trial so far is not the sweep's champion
         # (resume records the table and the champion once every trial is done).
@@ -240,6 +254,8 @@ def _fit(
         return outcome
     status = "ok" if not outcome.failed else "partial"
     store.finish(state.parent_run_id, "FINISHED" if status == "ok" else "FAILED", status)
+    # Benchmarks read the driver's own timings here (its process ends with the command).
+    probe.dump(Path(state.exp_dir) / probe.DRIVER_FILE, peak_rss_mb=probe.peak_rss_mb())
     return outcome
 
 
@@ -258,6 +274,38 @@ def _parent_on_failure(state: SweepState) -> Iterator[None]:
 def _fault_from_env() -> str:
     # Test-only fault injection, documented in mdfr.sweep.trainable.
     return os.environ.get("MDFR_TEST_FAULT", "")
+
+
+TEST_TRAIN_FN_ENV = "MDFR_TEST_TRAIN_FN"
+
+
+def test_train_fn() -> TrainFn | None:
+    """Test-only: the trial function named by ``MDFR_TEST_TRAIN_FN=<mdfr module>:<function>``.
+
+    A sweep started from the command line (``mdfr sweep run``, ``ray job submit``) then runs
+    that function in every trial and pretraining stage instead of ``mdfr.engine.train_trial``:
+    how ``mdfr bench scale`` runs a real sweep file with trials that only sleep. Only
+    functions of mdfr modules are accepted; unset (the default), the engine trains.
+
+    Raises:
+        UsageError: the variable does not name a function of an mdfr module.
+    """
+    value = os.environ.get(TEST_TRAIN_FN_ENV, "")
+    if not value:
+        return None
+    module, _, name = value.partition(":")
+    if not (module == "mdfr" or module.startswith("mdfr.")) or not name:
+        raise UsageError(
+            f"{TEST_TRAIN_FN_ENV}={value!r}: expected <mdfr module>:<function>, e.g. "
+            "mdfr.bench.scale:tiny_trial (a test-only hook; unset it to train)"
+        )
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise UsageError(f"{TEST_TRAIN_FN_ENV}={value!r}: {e}") from None
+    if not callable(fn):
+        raise UsageError(f"{TEST_TRAIN_FN_ENV}={value!r} is not a function")
+    return fn
 
 
 # --------------------------------------------------------------------------- checks

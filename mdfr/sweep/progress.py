@@ -13,6 +13,7 @@ from typing import Any
 
 from ray.tune import Callback
 
+from mdfr import probe
 from mdfr.names import EPOCH, FINAL_KEY, STATUS, Outcome
 
 
@@ -46,6 +47,7 @@ class ProgressPrinter(Callback):
         v = result.get(self.metric)
         return f"{self.metric}={v:.4f}" if isinstance(v, int | float) else f"{self.metric}=-"
 
+    @probe.timed("callback.progress")
     def on_trial_result(
         self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
     ) -> None:
@@ -55,12 +57,14 @@ class ProgressPrinter(Callback):
         elif time.monotonic() - self._printed >= self.every_s:
             self._status(trials)
 
+    @probe.timed("callback.progress")
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         result = trial.last_result or {}
         outcome = str(result.get(STATUS, Outcome.OK)) if result.get(FINAL_KEY) else Outcome.PRUNED
         self._done[_key(trial)] = outcome
         self._say(f"{_key(trial)}: {outcome} at epoch {result.get(EPOCH)} {self._value(result)}")
 
+    @probe.timed("callback.progress")
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._done[_key(trial)] = Outcome.FAILED
         self._say(f"{_key(trial)}: failed ({trial.error_file or 'see the Tune log'})")

@@ -40,6 +40,7 @@ from optuna.distributions import (
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
+from mdfr import probe
 from mdfr.names import FINAL_KEY, STATUS, Outcome
 from mdfr.sweep.plan import Cell, SearchAxis, SweepPlan
 
@@ -113,6 +114,7 @@ class GridOptunaSearcher(Searcher):
         # The metric and mode come from the sweep file; Tune's (unset) ones do not override.
         return True
 
+    @probe.timed("searcher.suggest")
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         if self._next >= self.total:
             return Searcher.FINISHED
@@ -128,6 +130,7 @@ class GridOptunaSearcher(Searcher):
             **values,
         }
 
+    @probe.timed("searcher.on_result")
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         entry = self._live.get(trial_id)
         value = result.get(self.metric) if self.metric else None
@@ -146,6 +149,7 @@ class GridOptunaSearcher(Searcher):
         except optuna.exceptions.UpdateFinishedTrialError:
             pass  # told already: a trial replayed after resume
 
+    @probe.timed("searcher.on_complete")
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
     ) -> None:

@@ -53,8 +53,15 @@ def is_local(address: str | None) -> bool:
 
 
 @contextlib.contextmanager
-def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator[None]:
+def ray_session(
+    address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None
+) -> Iterator[None]:
     """Connect to ``address`` (or ``RAY_ADDRESS``), else start Ray locally on loopback.
+
+    ``num_cpus`` and ``num_gpus`` are the resources a locally started instance declares
+    (default: what Ray detects). Declared GPUs need not exist: Ray schedules logical GPUs and
+    sets each trial's ``CUDA_VISIBLE_DEVICES`` all the same, which is how a GPU machine is
+    simulated without CUDA (``mdfr bench scale``, the fractional-packing test).
 
     A session that was already initialised (tests, notebooks) is used and left running.
     """
@@ -81,6 +88,7 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
             ray.init(
                 address="local",
                 num_cpus=num_cpus,
+                num_gpus=num_gpus,
                 include_dashboard=False,
                 **ray_private.LOCAL_INIT_KWARGS,
                 **common,

@@ -22,19 +22,24 @@ import contextlib
 import fnmatch
 import logging
 import math
+import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import ray
 from ray import tune
 
+from mdfr import probe
 from mdfr.config import TrialConfig
 from mdfr.names import EPOCH, FINAL_KEY, STATUS, Outcome, Tag
 from mdfr.results import TrialResult
 from mdfr.sweep.plan import Cell
 from mdfr.sweep.results import log_trial_model, model_tags
 from mdfr.sweep.state import TRIAL_RESULT_FILE, SweepState, atomic_write_json, read_json
-from mdfr.tracking import Store, Tracker
+from mdfr.sweep.trial_run import BackgroundRun
+from mdfr.tracking import Store, resolve_uri
 from mdfr.tracking.system import system_metrics
 
 ATTEMPTS_FILE = "mdfr_attempts"
@@ -87,7 +92,8 @@ class _Reporter:
         if epoch == self.epochs and metrics.get(STATUS) != Outcome.DIVERGED:
             self.held = (dict(metrics), checkpoint_dir)
             return
-        tune.report(_scalars(metrics), checkpoint=_checkpoint(checkpoint_dir, epoch))
+        with probe.span("trial.report"):
+            tune.report(_scalars(metrics), checkpoint=_checkpoint(checkpoint_dir, epoch))
         self._maybe_fail(epoch)
 
     def final(self, result: TrialResult) -> tuple[dict[str, Any], Any]:
@@ -115,45 +121,70 @@ def _checkpoint(path: str | None, epoch: Any) -> tune.Checkpoint | None:
 
 def run_trial(config: dict[str, Any], train_fn: TrainFn) -> None:
     """One Tune trial: the slot ``config['cell'], config['sample']`` of the sweep."""
+    started = time.time()
     # One line per persisted checkpoint per epoch would drown the progress output.
     logging.getLogger("ray.train").setLevel(logging.WARNING)
-    state = SweepState.read(config["mdfr_state"])
-    cell = state.plan.cells[int(config["cell"])]
-    sample = int(config["sample"])
-    key = cell.trial_key(sample)
-    out = Path(state.exp_dir) / "trials" / key
-    out.mkdir(parents=True, exist_ok=True)
-    cfg = _trial_config(state, cell, config, out)
-
-    store = Store(state.tracking_uri)
-    tags = state.tracking.tags(cfg, cell=cell.key, sample=sample, output_dir=str(out))
-    done = read_json(out / TRIAL_RESULT_FILE)
-    run_id, _ = store.child_run(
-        state.experiment_id, state.parent_run_id, key, tags, reopen=done is None
-    )
+    with probe.span("trial.setup"):
+        state = SweepState.read(config["mdfr_state"])
+        cell = state.plan.cells[int(config["cell"])]
+        sample = int(config["sample"])
+        key = cell.trial_key(sample)
+        out = Path(state.exp_dir) / "trials" / key
+        out.mkdir(parents=True, exist_ok=True)
+        cfg = _trial_config(state, cell, config, out)
+        tags = state.tracking.tags(cfg, cell=cell.key, sample=sample, output_dir=str(out))
+        done = read_json(out / TRIAL_RESULT_FILE)
     if done is not None:
         # Finished in an earlier incarnation of this slot (before a driver crash): replay.
+        Store(state.tracking_uri).child_run(state.experiment_id, state.parent_run_id, key, tags)
         tune.report(done)
         return
 
-    tracker = store.tracker(run_id)
-    reporter = _Reporter(cfg.train.epochs, key, out, state.fault)
-    with contextlib.ExitStack() as stack:
-        resume_dir = _start_attempt(out, tracker, tags, stack)
-        stack.enter_context(system_metrics(run_id, store.uri, state.plan.system_metrics))
-        # On an exception the run stays RUNNING: Tune retries, or the driver's RunCloser
-        # records the final outcome (failed, or pruned when ASHA stopped the trial).
-        result = TrialResult.coerce(
-            train_fn(cfg, report=reporter, tracker=tracker, checkpoint=resume_dir)
+    def open_run() -> tuple[Store, str]:
+        store = Store(state.tracking_uri)
+        run_id, _ = store.child_run(
+            state.experiment_id, state.parent_run_id, key, tags, reopen=True
         )
-    final, ckpt = reporter.final(result)
-    if result.checkpoint:
-        tracker.set_tags({Tag.CHECKPOINT: result.checkpoint})
-    if state.plan.log_models == "all" and result.ok:
-        log_trial_model(store, run_id, out, key, model_tags(tags), cfg.train.epochs)
-    atomic_write_json(out / TRIAL_RESULT_FILE, final)
-    store.finish(run_id, "FINISHED", result.status)
-    tune.report(final, checkpoint=ckpt)
+        return store, run_id
+
+    reporter = _Reporter(cfg.train.epochs, key, out, state.fault)
+    # The run is opened and written in the background (mdfr.sweep.trial_run); on an exception
+    # it stays RUNNING: Tune retries, or the driver's RunCloser records the final outcome
+    # (failed, or pruned when ASHA stopped the trial).
+    with BackgroundRun(open_run) as run, contextlib.ExitStack() as stack:
+        with probe.span("trial.attempt"):
+            resume_dir = _start_attempt(out, run, tags, stack)
+        if state.plan.system_metrics:  # MLflow's sampler needs the run now
+            stack.enter_context(
+                system_metrics(run.wait_open(), resolve_uri(state.tracking_uri), True)
+            )
+        with probe.span("trial.train_fn"):
+            result = TrialResult.coerce(
+                train_fn(cfg, report=reporter, tracker=run, checkpoint=resume_dir)
+            )
+        with probe.span("trial.finish"):
+            final, ckpt = reporter.final(result)
+            if result.checkpoint:
+                run.set_tags({Tag.CHECKPOINT: result.checkpoint})
+            if state.plan.log_models == "all" and result.ok:
+                run.call(lambda store, run_id: log_trial_model(
+                    store, run_id, out, key, model_tags(tags), cfg.train.epochs))  # fmt: skip
+            atomic_write_json(out / TRIAL_RESULT_FILE, final)
+            run.close("FINISHED", result.status)
+    with probe.span("trial.report"):
+        tune.report(final, checkpoint=ckpt)
+    if probe.enabled():
+        probe.dump(out / probe.TRIAL_FILE, start=started, end=time.time(), **_placement())
+
+
+def _placement() -> dict[str, Any]:
+    """Where this trial ran: node, the GPUs Ray gave it and what CUDA was told (probing)."""
+    return {
+        "node": ray.get_runtime_context().get_node_id(),
+        "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "pid": os.getpid(),
+    }
 
 
 def _trial_config(state: SweepState, cell: Cell, config: dict[str, Any], out: Path) -> TrialConfig:
@@ -167,7 +198,7 @@ def _trial_config(state: SweepState, cell: Cell, config: dict[str, Any], out: Pa
 
 
 def _start_attempt(
-    out: Path, tracker: Tracker, tags: dict[str, str], stack: contextlib.ExitStack
+    out: Path, tracker: BackgroundRun, tags: dict[str, str], stack: contextlib.ExitStack
 ) -> str | None:
     """Count the attempt, find where it resumes, and tag the run with both."""
     extra = {Tag.ATTEMPTS: str(_count_attempt(out)), Tag.STATUS: Outcome.RUNNING, **tags}

@@ -17,6 +17,7 @@ run"), so trials running as threads or processes never share global state.
 from __future__ import annotations
 
 from mdfr.tracking.store import (
+    BATCH_LIMITS,
     EXPERIMENT_KIND,
     Store,
     Tracker,
@@ -28,6 +29,7 @@ from mdfr.tracking.store import (
 from mdfr.tracking.uris import DEFAULT_URI, check_reachable, check_tracking_uri, resolve_uri
 
 __all__ = [
+    "BATCH_LIMITS",
     "DEFAULT_URI",
     "EXPERIMENT_KIND",
     "Store",

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mdfr import provenance
+from mdfr import probe, provenance
 from mdfr.names import Kind, Tag
 from mdfr.tracking.datasets import dataset_inputs
 from mdfr.tracking.uris import (
@@ -91,22 +91,45 @@ def process_uri(uri: str) -> Iterator[None]:
             mlflow.set_tracking_uri(saved)
 
 
-def _is_locked(e: BaseException) -> bool:
+# Errors that say "busy, try again", not "wrong": SQLite's lock held by another trial, a
+# tracking server whose database connection pool is exhausted (it answers HTTP 400, which
+# MLflow's client does not retry; seen with 64 concurrent trials in mdfr bench scale), and a
+# KeyError MLflow raises when its telemetry changes os.environ while another thread's request
+# reads it (MLflow 3.17).
+_TRANSIENT = (
+    "database is locked",
+    "database table is locked",
+    "queuepool limit",
+    "too many clients already",
+    "failed with exception '_mlflow_telemetry_session_id'",
+)
+
+
+def _is_transient(e: BaseException) -> bool:
     text = str(e).lower()
-    return "database is locked" in text or "database table is locked" in text
+    return any(t in text for t in _TRANSIENT)
 
 
 def _retry(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Call ``fn``, retrying while SQLite reports a lock held by another trial."""
+    """Call ``fn``, retrying (for up to a minute, with backoff) while the store is busy.
+
+    Every MLflow call of mdfr goes through here: with probing on (:mod:`mdfr.probe`) each is
+    timed as ``mlflow.<method>`` (each attempt), and the waits between attempts as
+    ``mlflow.lock_wait``.
+    """
     deadline = time.monotonic() + _LOCK_RETRY_S
     delay = 0.05
+    name = f"mlflow.{getattr(fn, '__name__', 'call')}"
     while True:
         try:
-            return fn(*args, **kwargs)
+            with probe.span(name):
+                return fn(*args, **kwargs)
         except Exception as e:
-            if not _is_locked(e) or time.monotonic() > deadline:
+            if not _is_transient(e) or time.monotonic() > deadline:
                 raise
-            time.sleep(delay * (1 + random.random()))
+            wait = delay * (1 + random.random())
+            probe.record("mlflow.lock_wait", wait)
+            time.sleep(wait)
             delay = min(delay * 2, 2.0)
 
 
@@ -157,12 +180,18 @@ class Store:
     """
 
     def __init__(self, uri: str):
+        # MLflow's telemetry (usage reports to its vendor) sets and unsets a variable in
+        # os.environ from its own threads, which breaks concurrent requests of a trial's other
+        # threads (a KeyError, see _TRANSIENT); sweeps run offline on clusters anyway. A user's
+        # own MLFLOW_DISABLE_TELEMETRY wins.
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         from mlflow import MlflowClient
 
         # MLflow draws a progress bar per artifact download: noise in a sweep's or CLI's output.
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         self.uri = resolve_uri(uri)
-        self.client = MlflowClient(tracking_uri=self.uri)
+        with probe.span("mlflow.client_init"):
+            self.client = MlflowClient(tracking_uri=self.uri)
 
     # ----- experiments and runs
 
@@ -352,6 +381,35 @@ class Tracker:
         items = [RunTag(str(k), str(v)) for k, v in tags.items()]
         if items:
             _retry(self.store.client.log_batch, self.run_id, tags=items)
+
+    def log_batch(
+        self,
+        metrics: list[tuple[str, float, int]],
+        params: dict[str, Any],
+        tags: dict[str, str],
+    ) -> None:
+        """Metrics ``(key, value, step)``, params and tags in one MLflow call.
+
+        The caller keeps within MLflow's limits for one call (:data:`BATCH_LIMITS`).
+        """
+        from mlflow.entities import Metric, Param, RunTag
+
+        now = int(time.time() * 1000)
+        _retry(
+            self.store.client.log_batch,
+            self.run_id,
+            metrics=[
+                Metric(str(k), float(v), now, int(step))
+                for k, v, step in metrics
+                if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+            ],
+            params=[Param(str(k), _param_value(v)) for k, v in params.items()],
+            tags=[RunTag(str(k), str(v)) for k, v in tags.items()],
+        )
+
+
+# What one MLflow log_batch call may carry (MLflow's REST limits).
+BATCH_LIMITS = {"metrics": 1000, "params": 100, "tags": 100, "total": 1000}
 
 
 # --------------------------------------------------------------------------- reading
