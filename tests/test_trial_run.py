@@ -135,7 +135,7 @@ def test_queued_calls_are_merged_into_few_batches_within_mlflows_limits():
 def test_busy_store_errors_are_retried_and_real_errors_are_not(monkeypatch):
     """A tracking server whose connection pool is exhausted answers HTTP 400 (seen with 64
     concurrent trials); like SQLite's lock, that is retried, while a real error is raised."""
-    from mdfr import tracking
+    from mdfr.tracking import store as tracking
 
     monkeypatch.setattr(tracking.time, "sleep", lambda _s: None)
     calls = []
