@@ -155,3 +155,14 @@ def test_busy_store_errors_are_retried_and_real_errors_are_not(monkeypatch):
 
     with pytest.raises(ValueError, match="RESOURCE_DOES_NOT_EXIST"):
         tracking._retry(wrong)
+
+
+def test_background_run_speaks_the_whole_tracker_protocol():
+    """The engine calls a trial's tracker like :class:`mdfr.tracking.Tracker`: a method added
+    there (log_dataset came with the MLflow work) must be queued here too, or trials fail."""
+    from mdfr.sweep.trial_run import BackgroundRun
+    from mdfr.tracking import Tracker
+
+    public = {n for n in vars(Tracker) if not n.startswith("_") and callable(vars(Tracker)[n])}
+    missing = public - {"log_batch"} - set(vars(BackgroundRun))
+    assert not missing, f"BackgroundRun lacks {sorted(missing)}"

@@ -63,6 +63,9 @@ class BackgroundRun:
     def log_params(self, params: dict[str, Any]) -> None:
         self._put("log_params", dict(params))
 
+    def log_dataset(self, root: str, manifest: dict[str, Any]) -> None:
+        self._put("log_dataset", str(root), manifest)
+
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         self._put("log_metrics", dict(metrics), step)
 
