@@ -91,7 +91,11 @@ def test_sweep_quick_measures_overhead_through_the_driver(tmp_path):
     assert over["trials"] == 2 and over["concurrency"] == 2
     assert over["wall_s"] >= over["ideal_s"] > 0 and over["ray_start_s"] > 0
     assert 0 <= over["overhead_pct"] < 100
-    assert set(over["breakdown"]) >= {"to_first_trial_s", "in_trial_bookkeeping_s_mean"}
+    assert 0 <= over["bare_overhead_pct"] < 100  # bare Tune measured in the same run
+    assert set(over["breakdown"]) >= {
+        "driver_start_s", "tune_to_first_trial_s", "searcher_s_total", "report_s_total",
+        "per_trial_start_s_mean",
+    }  # fmt: skip
     assert doc["results"]["packing"]["status"] == "skipped"  # no GPU here
 
 
@@ -155,8 +159,10 @@ def test_scale_quick_runs_a_sweep_file_on_logical_gpus(tmp_path):
     assert r["mlflow_calls_per_trial"] > 0 and r["mlflow_p95_ms"] > 0
     assert "searcher.suggest" in r["driver_spans"] and "trial.open_run" in r["trial_spans"]
     assert set(doc["targets"]) >= {"driver_ms_per_trial_met", "driver_rss_met", "applies"}
-    # the temporary work folder is named by a placeholder, not by this machine's path
-    assert "$WORK/" in doc["sweep_file"]["storage"] and str(tmp_path) not in out.read_text()
+    # the temporary work folder is named by a placeholder, not by this machine's path (the
+    # --cache folder given above is the user's own path and may appear)
+    assert "$WORK/" in doc["sweep_file"]["storage"]
+    assert "mdfr-bench-scale-" not in out.read_text()
 
 
 def test_memory_counts_every_process_of_the_command(tmp_path):

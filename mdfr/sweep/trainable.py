@@ -135,8 +135,12 @@ def run_trial(config: dict[str, Any], train_fn: TrainFn) -> None:
         tags = state.tracking.tags(cfg, cell=cell.key, sample=sample, output_dir=str(out))
         done = read_json(out / TRIAL_RESULT_FILE)
     if done is not None:
-        # Finished in an earlier incarnation of this slot (before a driver crash): replay.
-        Store(state.tracking_uri).child_run(state.experiment_id, state.parent_run_id, key, tags)
+        # Finished in an earlier incarnation of this slot (before a driver crash): replay. Its
+        # run may still be open: the result file is written before the background close, and
+        # a SIGKILL can fall in between.
+        store = Store(state.tracking_uri)
+        run_id, _ = store.child_run(state.experiment_id, state.parent_run_id, key, tags)
+        store.finish_if_open(run_id, str(done.get(STATUS, Outcome.OK)))
         tune.report(done)
         return
 

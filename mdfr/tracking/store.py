@@ -326,6 +326,11 @@ class Store:
             _retry(self.client.set_tag, run_id, Tag.STATUS, mdfr_status)
         _retry(self.client.set_terminated, run_id, status)
 
+    def finish_if_open(self, run_id: str, mdfr_status: str) -> None:
+        """Close a run left RUNNING (its process died after the work, before the close)."""
+        if _retry(self.client.get_run, run_id).info.status == "RUNNING":
+            self.finish(run_id, "FINISHED", mdfr_status)
+
     def tracker(self, run_id: str) -> Tracker:
         return Tracker(self, run_id)
 
