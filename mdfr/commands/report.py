@@ -27,8 +27,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "kind",
-        choices=("table1", "table2", "sweep"),
-        help="table1: per backbone; table2: the six ablation setups; sweep: per grid cell",
+        choices=("table1", "table2", "sweep", "attack"),
+        help="table1: per backbone; table2: the six ablation setups; sweep: per grid cell; "
+        "attack: accuracy against the attack's bpp and PSNR (a grid.attack sweep), logged to "
+        "the sweep's parent run",
     )
     p.add_argument(
         "--experiment",
@@ -58,6 +60,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.kind == "attack":
+        return run_attack(args)
     # Lazy (CLI boundary): imported only when this subcommand runs.
     from mdfr.report import build
     from mdfr.tracking import Store
@@ -84,4 +88,24 @@ def run(args: argparse.Namespace) -> int:
         print(f"MLflow: {', '.join(paths)} on parent run {parent}")
     elif not parent:
         print("MLflow: no sweep parent run (runs of `mdfr train`): report not logged there")
+    return 0
+
+
+def run_attack(args: argparse.Namespace) -> int:
+    # Lazy (CLI boundary): imported only when this subcommand runs.
+    from mdfr.report.attack_report import FIGURE, build_attack
+    from mdfr.tracking import Store
+    from mdfr.tracking.sweep_run import log_report
+
+    out = args.out or f"results/{args.experiment}"
+    if Path(out).exists() and not Path(out).is_dir():
+        raise UsageError(f"--out {out}: a file; the report is a folder")
+    rep = build_attack(args.experiment, args.tracking_uri, out, sweep=args.sweep)
+    print(f"report: {rep.markdown}")
+    print(f"figure: {rep.out / FIGURE}")
+    parent = rep.data.get("parent_run_id")
+    if parent and not args.no_mlflow:
+        files = [rep.html, rep.markdown, rep.json, rep.out / "figures"]
+        paths = log_report(Store(args.tracking_uri), parent, [f for f in files if f.exists()])
+        print(f"MLflow: {', '.join(paths)} on parent run {parent}")
     return 0
