@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from mdfr.commands import add_tracking_uri_option
 from mdfr.commands.options import NON_NEGATIVE, name
@@ -64,8 +65,6 @@ def run(args: argparse.Namespace) -> int:
         return run_attack(args)
     # Lazy (CLI boundary): imported only when this subcommand runs.
     from mdfr.report import build
-    from mdfr.tracking import Store
-    from mdfr.tracking.sweep_run import log_report
 
     out = args.out or f"results/{args.experiment}"
     if Path(out).exists() and not Path(out).is_dir():
@@ -81,6 +80,15 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"report: {rep.markdown}")
     print(f"html:   {rep.html}")
+    return _log_to_parent(rep, args)
+
+
+def _log_to_parent(rep: Any, args: argparse.Namespace) -> int:
+    """Attach a written report to its sweep's parent run (unless ``--no-mlflow``)."""
+    # Lazy (CLI boundary): imported only when a report is logged.
+    from mdfr.tracking import Store
+    from mdfr.tracking.sweep_run import log_report
+
     parent = rep.data.get("parent_run_id")
     if parent and not args.no_mlflow:
         files = [rep.html, rep.markdown, rep.json, rep.out / "figures"]
@@ -94,8 +102,6 @@ def run(args: argparse.Namespace) -> int:
 def run_attack(args: argparse.Namespace) -> int:
     # Lazy (CLI boundary): imported only when this subcommand runs.
     from mdfr.report.attack_report import FIGURE, build_attack
-    from mdfr.tracking import Store
-    from mdfr.tracking.sweep_run import log_report
 
     out = args.out or f"results/{args.experiment}"
     if Path(out).exists() and not Path(out).is_dir():
@@ -103,9 +109,4 @@ def run_attack(args: argparse.Namespace) -> int:
     rep = build_attack(args.experiment, args.tracking_uri, out, sweep=args.sweep)
     print(f"report: {rep.markdown}")
     print(f"figure: {rep.out / FIGURE}")
-    parent = rep.data.get("parent_run_id")
-    if parent and not args.no_mlflow:
-        files = [rep.html, rep.markdown, rep.json, rep.out / "figures"]
-        paths = log_report(Store(args.tracking_uri), parent, [f for f in files if f.exists()])
-        print(f"MLflow: {', '.join(paths)} on parent run {parent}")
-    return 0
+    return _log_to_parent(rep, args)
