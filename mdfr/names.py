@@ -79,6 +79,10 @@ FINAL_METRICS: tuple[str, ...] = tuple(
     for b in (False, True)
     for v in ("restored", "compressed", "original")
 )
+# What the attack did to a trial's dataset, from the real bitstreams (the dataset manifest's
+# mean over all its images): logged once per trial run of a sweep, read by `mdfr report attack`.
+ATTACK_BPP = "attack/bpp"
+ATTACK_PSNR = "attack/psnr"
 # Metrics a pretrain trial does not report (it has no defence to measure).
 NOT_IN_PRETRAIN: tuple[str, ...] = (
     val_acc("restored"),
@@ -106,7 +110,8 @@ class Tag:
     MODE = "mdfr.mode"
     CONFIG_HASH = "mdfr.config_hash"
     DATASET_HASH = "mdfr.dataset_hash"
-    CODEC = "mdfr.codec"
+    CODEC = "mdfr.codec"  # the codec spec the dataset was prepared with
+    ATTACK = "mdfr.attack"  # the attack as the sweep file names it (grid.attack, prepare.codec)
     GIT_COMMIT = "mdfr.git_commit"
     OUTPUT_DIR = "mdfr.output_dir"
     STATUS = "mdfr.status"  # the trial's outcome (values: Outcome), set when its run closes
@@ -158,6 +163,7 @@ def trial_tags(
     git_commit: str = "",
     dataset_hash: str = "",
     codec: str = "",
+    attack: str = "",
     cell: str = "",
     sample: int | None = None,
     output_dir: str = "",
@@ -166,8 +172,8 @@ def trial_tags(
 
     Args:
         cfg: the trial's :class:`mdfr.config.TrialConfig`.
-        sweep, git_commit, dataset_hash, codec, cell, sample, output_dir: what the caller
-            knows; empty ones are left out.
+        sweep, git_commit, dataset_hash, codec, attack, cell, sample, output_dir: what the
+            caller knows; empty ones are left out.
     """
     tags = {Tag.MODE: cfg.mode, Tag.BACKBONE: cfg.model.backbone, Tag.SEED: str(cfg.seed)}
     optional = {
@@ -177,6 +183,7 @@ def trial_tags(
         Tag.MLFLOW_GIT_COMMIT: git_commit,
         Tag.DATASET_HASH: dataset_hash,
         Tag.CODEC: codec,
+        Tag.ATTACK: attack,
         Tag.CELL: cell,
         Tag.SAMPLE: "" if sample is None else str(sample),
         Tag.OUTPUT_DIR: output_dir,

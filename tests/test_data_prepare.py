@@ -159,6 +159,20 @@ def test_same_inputs_reuse_changed_inputs_rebuild(synth_images, tmp_path):
     assert not list(tmp_path.glob(".*tmp*")) and not list(tmp_path.glob(".*old*"))
 
 
+def test_originals_hash_names_the_original_patches_not_the_codec(synth_images, tmp_path):
+    """Two attacks of the same images share the hash of their original patches (what CMI
+    pretraining keys on); options that change the originals change it."""
+    opts = {"patches_per_image": 2, "images_per_model": 3}
+    a = _manifest(prepare(synth_images, "jpeg:50", tmp_path / "a", **opts))
+    b = _manifest(prepare(synth_images, "jpeg:90", tmp_path / "b", **opts))
+    c = _manifest(prepare(synth_images, "jpeg:50", tmp_path / "c", seed=1, **opts))
+    assert a["dataset_hash"] != b["dataset_hash"]
+    assert a["originals_hash"] == b["originals_hash"] != c["originals_hash"]
+    ori_a, comp_a, _ = _read_split(tmp_path / "a", "train")
+    ori_b, comp_b, _ = _read_split(tmp_path / "b", "train")
+    assert np.array_equal(ori_a, ori_b) and not np.array_equal(comp_a, comp_b)
+
+
 def test_selections_pick_different_cells(tiny_dataset, synth_images, tmp_path):
     pos = {}
     for sel in ("grid", "quality", "homogeneous"):

@@ -221,3 +221,49 @@ def test_validate_says_how_the_scheduler_treats_grid_cells(capsys):
     assert "scheduler asha stops nothing" in captured.err
     assert main(["sweep", "validate", str(ROOT / "sweeps" / "table2.yaml")]) == 0
     assert "scheduler: fifo (every trial runs to the end)" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- the attack axis
+
+
+def test_attack_axis_expands_to_one_cell_per_attack_and_setup():
+    plan = load_sweep(ROOT / "sweeps" / "attack_rate.yaml")
+    attacks = plan.attacks
+    assert len([a for a in attacks if a.startswith("train:")]) >= 5
+    assert len([a for a in attacks if a.startswith("jpeg:")]) == 2
+    assert {c.values["setup"] for c in plan.cells} == {"finetune", "proposed"}
+    assert plan.num_trials == len(attacks) * 2 * 3 == len(plan.cells)
+    assert plan.prepare is not None and plan.prepare.codec is None
+    assert len({c.key for c in plan.cells}) == len(plan.cells)  # keys name the attack
+    for cell in plan.cells:
+        assert plan.attack_of(cell) == cell.values["attack"] and "attack" not in cell.config
+    # The same trial config under every attack: only the dataset (set by the driver) differs.
+    configs = {
+        c.values["attack"]: c.config
+        for c in plan.cells
+        if c.values["setup"] == "proposed" and c.values["seed"] == 0
+    }
+    assert len({json.dumps(cfg, sort_keys=True) for cfg in configs.values()}) == 1
+
+
+def test_single_prepare_codec_is_the_sweeps_one_attack():
+    raw = {"prepare": {"images": "x", "codec": "jpeg:50"}, "grid": {"setup": ["proposed"]}}
+    plan = _plan(**raw)
+    assert plan.attacks == ["jpeg:50"] and plan.attack_of(plan.cells[0]) == "jpeg:50"
+    assert _plan(base={"data": {"dataset": "d"}}).attacks == []
+
+
+def test_train_specs_take_their_defaults_from_prepare_codec_train():
+    from mdfr.data.codec_specs import train_config
+
+    raw = {
+        "prepare": {"images": "x", "codec_train": {"arch": "mdfr-factorized-s2", "lmbda": 0.5}},
+        "grid": {"attack": ["train:lmbda=0.01", "train:steps=7"]},
+    }
+    plan = _plan(**raw)
+    defaults = plan.prepare.codec_train
+    assert train_config(plan.attacks[0], defaults).lmbda == 0.01
+    second = train_config(plan.attacks[1], defaults)
+    assert (second.arch, second.lmbda, second.steps) == ("mdfr-factorized-s2", 0.5, 7)
+    with pytest.raises(ConfigError, match=r"grid.attack\[1\].*steps must be int"):
+        _plan(**{**raw, "grid": {"attack": ["jpeg:50", "train:steps=many"]}})

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from mdfr.commands import add_tracking_uri_option
 from mdfr.commands.options import NON_NEGATIVE, name
@@ -27,8 +28,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "kind",
-        choices=("table1", "table2", "sweep"),
-        help="table1: per backbone; table2: the six ablation setups; sweep: per grid cell",
+        choices=("table1", "table2", "sweep", "attack"),
+        help="table1: per backbone; table2: the six ablation setups; sweep: per grid cell; "
+        "attack: accuracy against the attack's bpp and PSNR (a grid.attack sweep), logged to "
+        "the sweep's parent run",
     )
     p.add_argument(
         "--experiment",
@@ -58,10 +61,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.kind == "attack":
+        return run_attack(args)
     # Lazy (CLI boundary): imported only when this subcommand runs.
     from mdfr.report import build
-    from mdfr.tracking import Store
-    from mdfr.tracking.sweep_run import log_report
 
     out = args.out or f"results/{args.experiment}"
     if Path(out).exists() and not Path(out).is_dir():
@@ -77,6 +80,15 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"report: {rep.markdown}")
     print(f"html:   {rep.html}")
+    return _log_to_parent(rep, args)
+
+
+def _log_to_parent(rep: Any, args: argparse.Namespace) -> int:
+    """Attach a written report to its sweep's parent run (unless ``--no-mlflow``)."""
+    # Lazy (CLI boundary): imported only when a report is logged.
+    from mdfr.tracking import Store
+    from mdfr.tracking.sweep_run import log_report
+
     parent = rep.data.get("parent_run_id")
     if parent and not args.no_mlflow:
         files = [rep.html, rep.markdown, rep.json, rep.out / "figures"]
@@ -85,3 +97,16 @@ def run(args: argparse.Namespace) -> int:
     elif not parent:
         print("MLflow: no sweep parent run (runs of `mdfr train`): report not logged there")
     return 0
+
+
+def run_attack(args: argparse.Namespace) -> int:
+    # Lazy (CLI boundary): imported only when this subcommand runs.
+    from mdfr.report.attack_report import FIGURE, build_attack
+
+    out = args.out or f"results/{args.experiment}"
+    if Path(out).exists() and not Path(out).is_dir():
+        raise UsageError(f"--out {out}: a file; the report is a folder")
+    rep = build_attack(args.experiment, args.tracking_uri, out, sweep=args.sweep)
+    print(f"report: {rep.markdown}")
+    print(f"figure: {rep.out / FIGURE}")
+    return _log_to_parent(rep, args)

@@ -50,6 +50,19 @@ def dataset_hash(identity: dict[str, Any]) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def originals_hash(identity: dict[str, Any], images: list[dict[str, Any]]) -> str:
+    """16-hex-digit hash of a dataset's *original* patches only: its identity without the
+    codec, and which images ended up in which split with how many patches.
+
+    Datasets of the same images and options under different attacks share it; a network
+    trained on original patches alone (CMI pretraining) depends on nothing else. The image
+    table is part of it because an attack that fails on an image (``skip_bad``) drops that
+    image's originals too.
+    """
+    used = [(r["path"], r.get("split"), r.get("patches", 0)) for r in images]
+    return dataset_hash({**{k: v for k, v in identity.items() if k != "codec"}, "used": used})
+
+
 def summary(values: list[float]) -> dict[str, float | int | None]:
     """count/mean/std/min/median/max of the finite values (``None`` when there are none)."""
     finite = np.array([v for v in values if v is not None and math.isfinite(v)], dtype=float)

@@ -35,6 +35,7 @@ from mdfr.data.manifest import (
     dataset_hash,
     inputs_digest,
     is_complete,
+    originals_hash,
     summary,
     write_manifest,
 )
@@ -192,6 +193,7 @@ def prepare(
     manifest = {
         "format": FORMAT,
         "dataset_hash": digest,
+        "originals_hash": originals_hash(identity, manifest["images"]),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "seconds": round(time.perf_counter() - start, 2),
         **manifest,

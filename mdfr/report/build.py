@@ -116,6 +116,11 @@ def build(
             ]
         ),
     )
+    return write(doc, data, out, parquet, log)
+
+
+def write(doc: Document, data: dict[str, Any], out: Path, parquet: Path, log: Any) -> Report:
+    """Write ``report.md``, ``report.html`` and ``report.json`` of ``doc`` and ``data``."""
     md = out / "report.md"
     md.write_text(portable(_md_with_footer(doc)))
     page = out / "report.html"

@@ -169,3 +169,88 @@ def parallel_coordinates(
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+# --------------------------------------------------------------------------- attack rate
+
+# One colour per curve (original, compressed, then the setups), one marker per codec family.
+_CURVE_COLOURS = ("#444444", "#cc3311", "#0077bb", "#009988", "#ee7733", "#aa3377", "#33bbee")
+_FAMILY_MARKERS = ("o", "s", "^", "D", "v", "P")
+
+
+def attack_rate(
+    pts: list[Any],
+    curves: list[str],
+    labels: dict[str, str],
+    marks: list[dict[str, Any]],
+    out: Path,
+) -> Path:
+    """Accuracy against bpp (left) and PSNR (right): one line per (curve, codec family) with
+    95% CI error bars, half of the original accuracy dotted, and ``marks`` (where a curve
+    first falls below it, from :func:`mdfr.report.attack.half_point`) as stars.
+
+    Colour tells the curve, marker and line style the codec family (the family with the most
+    rates drawn solid).
+
+    Args:
+        pts: :class:`mdfr.report.attack.AttackPoint` s.
+        curves: curve names to draw; ``labels`` gives their legend text.
+        marks: crossing points (``bpp``, ``psnr``, ``threshold``, ``curve``) to mark.
+    """
+    plt = _plt()
+    counts: dict[str, int] = {}
+    for p in pts:
+        counts[p.family] = counts.get(p.family, 0) + 1
+    fams = sorted(counts, key=lambda f: (-counts[f], f))
+    colour = {c: _CURVE_COLOURS[i % len(_CURVE_COLOURS)] for i, c in enumerate(curves)}
+    style = {
+        f: (_FAMILY_MARKERS[i % len(_FAMILY_MARKERS)], "-" if i == 0 else "--")
+        for i, f in enumerate(fams)
+    }
+    fig, axes = plt.subplots(1, 2, figsize=(12.5, 5.4), sharey=True)
+    for ax, x_key, x_label in (
+        (axes[0], "bpp", "bits per pixel (measured from the bitstreams)"),
+        (axes[1], "psnr", "PSNR of the compressed images, dB"),
+    ):
+        for fam in fams:
+            mine = sorted(
+                (p for p in pts if p.family == fam and getattr(p, x_key) is not None),
+                key=lambda p: getattr(p, x_key),
+            )
+            for curve in curves:
+                xyz = [
+                    (getattr(p, x_key), r.summary.mean, r.summary.half or 0.0)
+                    for p in mine
+                    if (r := p.curves.get(curve)) is not None and r.summary.mean is not None
+                ]
+                if xyz:
+                    xs, ys, errs = zip(*xyz, strict=True)
+                    marker, ls = style[fam]
+                    ax.errorbar(
+                        xs, ys, yerr=errs, color=colour[curve], marker=marker, ls=ls,
+                        capsize=3, lw=1.6, ms=6,
+                    )  # fmt: skip
+        for m in marks:
+            if m.get(x_key) is not None and m["curve"] in colour:
+                ax.axvline(m[x_key], color=colour[m["curve"]], ls=":", lw=1)
+                ax.plot(
+                    [m[x_key]], [m["threshold"]], marker="*", ms=16, color=colour[m["curve"]],
+                    mec="k", zorder=5,
+                )  # fmt: skip
+        for t in {round(m["threshold"], 6) for m in marks if m.get("threshold") is not None}:
+            ax.axhline(t, color="0.5", ls=":", lw=1)
+        ax.set_xlabel(x_label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("test accuracy, % (mean ± 95% CI over seeds)")
+    axes[0].set_title("accuracy against rate (★: first below half of original, dotted)")
+    axes[1].set_title("accuracy against distortion")
+    handles = [plt.Line2D([], [], color=colour[c], lw=2, label=labels[c]) for c in curves]
+    handles += [
+        plt.Line2D([], [], color="0.3", marker=style[f][0], ls=style[f][1], label=f) for f in fams
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8)
+    fig.tight_layout(rect=(0, 0.05 + 0.035 * ((len(handles) - 1) // 3), 1, 1))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

@@ -1,5 +1,6 @@
 """The pretraining cache, safe under concurrent sweeps: finished entries are published whole,
-entries in progress are private to the sweep that trains them.
+entries in progress are private to the sweep that trains them. The codecs a sweep trains
+(``<storage>/cache/codecs/``, :mod:`mdfr.sweep.attacks`) are cached the same way.
 
 Layout under ``<storage>/cache/pretrain/``:
 

@@ -19,6 +19,8 @@ from typing import Any, Literal
 import annotated_types
 
 from mdfr.config import SETUPS, TrialConfig
+from mdfr.data.codec_specs import schemes
+from mdfr.data.codec_train import CodecTrainConfig
 from mdfr.names import EPOCH_METRICS, FINAL_METRICS, NOT_IN_PRETRAIN
 from mdfr.sweep.plan import MDFR_ONLY, PRETRAIN_RECIPE
 from mdfr.sweep.schema import (
@@ -75,6 +77,25 @@ resources: {cpu: 4, gpu: 0.5}
 ```
 
 The files under `sweeps/` are complete examples (`smoke.yaml` runs on a laptop in minutes).
+"""
+
+_ATTACKS = """\
+## Attacks: `prepare.codec` or a `grid.attack` axis
+
+A sweep's attack is a codec spec ({schemes}): `prepare.codec` for one, or a grid axis
+`attack: [jpeg:50, "train:lmbda=0.01", ...]` (then no `prepare.codec`) to run every cell
+under each. Each attack gets its own dataset, prepared once from `prepare.images` into
+`<prepare.out>/<attack slug>/` and reused while its content hash holds; the CMI pretraining is
+shared by all of them. Trial runs carry the attack as tag `mdfr.attack` and its measured
+rate and distortion (means over the dataset's images, from the real bitstreams) as metrics
+`attack/bpp` and `attack/psnr`; `mdfr report attack` draws accuracy against them.
+
+`train:<key>=<value>,...` names a codec `mdfr codec train` makes first (settings: {settings};
+`channels` as `32x32`); keys a spec leaves out come from `prepare.codec_train`, then from
+`mdfr codec train`'s defaults. The driver trains each distinct codec once on
+`prepare.images`, as parallel Ray tasks with the per-trial resources, and caches it under
+`<storage>/cache/codecs/<key>/` by its settings (not the device) and the training images'
+bytes; several `lmbda` values of one architecture make a rate-distortion family.
 """
 
 _RULES = """\
@@ -222,8 +243,14 @@ def render() -> str:
         "One CMI network is pretrained per distinct (backbone, seed, data, train settings) and",
         "cached by content hash under `<storage>/cache/pretrain`. It starts from its own recipe, "
         + ", ".join(f"`{k}: {_yaml(v)}`" for k, v in PRETRAIN_RECIPE.items())
-        + ", not from `base.optim`; `pretrain:` overrides it.",
+        + ", not from `base.optim`; `pretrain:` overrides it. It trains on original patches "
+        "only, so its cache key names the dataset by the hash of its original patches, not "
+        "by the codec: every attack of the same images shares one pretrained network.",
         "",
+        _ATTACKS.format(
+            schemes=", ".join(f"`{s}`" for s in schemes()),
+            settings=", ".join(f"`{f.name}`" for f in dataclasses.fields(CodecTrainConfig)),
+        ),
         _RULES.format(
             mdfr_only=", ".join(f"`{k}*`" if k.endswith(".") else f"`{k}`" for k in MDFR_ONLY),
             not_in_pretrain=", ".join(f"`{m}`" for m in NOT_IN_PRETRAIN),

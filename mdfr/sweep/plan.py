@@ -27,6 +27,10 @@ PRETRAIN_RECIPE: dict[str, Any] = {
     "optim.scheduler": "cosine",
 }
 
+# The grid axis over the attack (codec specs); not a TrialConfig key: the driver turns each
+# value into a prepared dataset and sets the cell's data.dataset to it.
+ATTACK = "attack"
+
 # Keys that only matter for MDFRNet trials (mode "mdfr"): search axes over them are not
 # sampled for pretrain/finetune cells, and they do not enter the pretraining cache key.
 MDFR_ONLY: tuple[str, ...] = (
@@ -120,6 +124,20 @@ class SweepPlan:
     warnings: tuple[str, ...] = ()
     log_models: str = "best"  # best | all | none (mdfr.sweep.results)
     system_metrics: bool = False  # resolved from the file's auto/true/false
+
+    @property
+    def attacks(self) -> list[str]:
+        """The attacks the stages prepare datasets for: the grid's attack axis in order, else
+        ``prepare.codec``, else none (the datasets are given)."""
+        if ATTACK in self.axes:
+            return list(dict.fromkeys(c.values[ATTACK] for c in self.cells))
+        return [self.prepare.codec] if self.prepare and self.prepare.codec else []
+
+    def attack_of(self, cell: Cell) -> str:
+        """The attack a cell runs under ("" when its dataset was given, not prepared)."""
+        if ATTACK in cell.values:
+            return str(cell.values[ATTACK])
+        return self.prepare.codec if self.prepare and self.prepare.codec else ""
 
     @property
     def num_samples(self) -> int:

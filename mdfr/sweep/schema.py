@@ -127,11 +127,17 @@ class PrepareSpec:
 
     images: Str = Field(min_length=1)
     """Camera images in the VISION layout (required)."""
-    codec: Str = Field(min_length=1)
-    """The attack: jpeg:Q, compressai:<zoo model>:<quality>, learned:<ckpt>, external:<dir>
-    (required)."""
+    codec: Str | None = Field(None, min_length=1)
+    """The attack: jpeg:Q, compressai:<zoo model>:<quality>, learned:<ckpt>, external:<dir>,
+    or train:<key>=<value>,... (a codec `mdfr codec train` makes first, cached). Required
+    unless the grid has an `attack` axis, which names one per grid cell instead."""
     out: Str = Field("results/data/prepared", min_length=1)
-    """Where prepared datasets go (a folder per content hash, reused when it exists)."""
+    """The prepared dataset's folder (reused when it holds the same content, replaced when it
+    holds another); with a grid.attack axis, the folder holding one dataset per attack."""
+    codec_train: dict[str, Any] = Field(default_factory=dict)
+    """Defaults for every train: attack (mdfr codec train settings: arch, channels, lmbda,
+    steps, batch, crop, lr, ...); a spec's own keys win. Each distinct codec is trained once
+    on `images` and cached under <storage>/cache/codecs/."""
     options: dict[str, Any] = Field(default_factory=dict)
     """Keyword arguments of mdfr.data.patches.prepare (patches_per_image, seed, ...)."""
     synthesize: dict[str, Any] | None = None
@@ -173,7 +179,9 @@ class SweepFile:
     """A partial TrialConfig every trial starts from (nested or dotted keys)."""
     grid: dict[str, list[Any]] | None = None
     """Axis -> non-empty list of values; every combination (a grid cell) runs. An axis is a
-    dotted TrialConfig key or `setup` (a Table II setup and its switches)."""
+    dotted TrialConfig key, `setup` (a Table II setup and its switches) or `attack` (codec
+    specs as in prepare.codec: each gets its own prepared dataset, while the CMI pretraining,
+    which sees original patches only, is shared by all of them; needs a prepare section)."""
     search: dict[str, SearchRange] | None = None
     """Dotted TrialConfig key -> range, sampled by Optuna inside each grid cell."""
     search_alg: SearchAlgSpec | None = None

@@ -14,7 +14,9 @@ Every key of a sweep file, its type, allowed values and default: ``docs/sweep-fi
     scheduler: {name: asha, metric: val/acc_restored, grace_period: 3}
 
 Semantics: a grid cell is one combination of the grid axes; ``setup`` expands to that Table II
-setup's switches (:data:`mdfr.config.SETUPS`, which win over ``base``). Each cell runs
+setup's switches (:data:`mdfr.config.SETUPS`, which win over ``base``); ``attack`` lists codec
+specs, each prepared into its own dataset (the cell's ``data.dataset``) from ``prepare.images``
+(see :mod:`mdfr.data.codec_specs` for the ``train:`` codecs a sweep trains first). Each cell runs
 ``search_alg.num_samples`` trials whose ``search`` values Optuna proposes, or exactly one trial
 when ``search`` is empty. A search axis that does not apply to a cell's mode (the λ weights for
 ``finetune``) is not sampled for that cell; a cell left with no search axis runs once. ASHA
@@ -58,10 +60,12 @@ from mdfr.config import (
     read_yaml_mapping,
     unflatten,
 )
-from mdfr.errors import ConfigError
+from mdfr.data.codec_specs import check_spec, train_config
+from mdfr.errors import ConfigError, UsageError
 from mdfr.names import EPOCH_METRICS, NOT_IN_PRETRAIN
-from mdfr.registry import codec_names, known_backbone_names
+from mdfr.registry import known_backbone_names
 from mdfr.sweep.plan import (
+    ATTACK,
     MDFR_ONLY,
     PRETRAIN_RECIPE,
     Cell,
@@ -84,7 +88,7 @@ from mdfr.sweep.schema import (
     check_storage,
 )
 from mdfr.tracking import check_tracking_uri
-from mdfr.validation import Float, did_you_mean, unknown, validate
+from mdfr.validation import Float, unknown, validate
 
 __all__ = [
     "DEFAULT_STORAGE",
@@ -167,7 +171,7 @@ def build_plan(raw: dict[str, Any], source: str = "") -> SweepPlan:
         warnings.append("the finetune section changes nothing: no grid cell runs mode 'finetune'")
     scheduler = _scheduler(f.scheduler, raw.get("scheduler"), cells)
     search_alg = _search_alg(f.search_alg or SearchAlgSpec(), bool(search), scheduler)
-    prepare = _prepare(f.prepare, base, warnings)
+    prepare = _prepare(f.prepare, base, grid, warnings)
     pretrain = _pretrain(f.pretrain, base)
     _check_cross(cells, search_alg, scheduler, pretrain)
     _warn_inert_axes(grid, warnings)
@@ -246,7 +250,7 @@ def _under(e: ConfigError, prefix: str, context: str = "") -> ConfigError:
 
 
 def _grid(value: dict[str, list[Any]]) -> dict[str, list[Any]]:
-    allowed = ["setup", *field_paths()]
+    allowed = ["setup", ATTACK, *field_paths()]
     for axis, values in value.items():
         path = f"grid.{axis}"
         if axis not in allowed:
@@ -264,6 +268,9 @@ def _grid(value: dict[str, list[Any]]) -> dict[str, list[Any]]:
         for v in values if axis == "setup" else ():
             if v not in SETUPS:
                 raise unknown(path, v, SETUPS, "setup")
+        for i, v in enumerate(values if axis == ATTACK else ()):
+            if not isinstance(v, str):
+                raise ConfigError(f"{path}[{i}]", f"expected a codec spec (a string), got {v!r}")
     return dict(value)
 
 
@@ -390,7 +397,7 @@ def _cells(
                 flat.setdefault(k, v)
         if values.get("mode", flat.get("mode", TrialConfig.mode)) == "finetune":
             flat.update(finetune or {})
-        flat.update({k: v for k, v in values.items() if k != "setup"})
+        flat.update({k: v for k, v in values.items() if k not in ("setup", ATTACK)})
         try:
             cfg = from_dict(unflatten(flat))
         except ConfigError as e:
@@ -416,7 +423,7 @@ def _cell_key(index: int, values: dict[str, Any]) -> str:
     parts = [f"{index:03d}"]
     for axis, v in values.items():
         leaf = axis.rsplit(".", 1)[-1]
-        parts.append(str(v) if axis in ("setup", "model.backbone") else f"{leaf}{v}")
+        parts.append(str(v) if axis in ("setup", ATTACK, "model.backbone") else f"{leaf}{v}")
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", "-".join(parts))[:120]
 
 
@@ -475,9 +482,15 @@ def _scheduler(s: SchedulerSpec | None, raw: Any, cells: list[Cell]) -> Schedule
 
 
 def _prepare(
-    p: PrepareSpec | None, base: dict[str, Any], warnings: list[str]
+    p: PrepareSpec | None, base: dict[str, Any], grid: dict[str, list[Any]], warnings: list[str]
 ) -> PrepareSpec | None:
     if p is None:
+        if ATTACK in grid:
+            raise ConfigError(
+                f"grid.{ATTACK}",
+                "needs a prepare section: the camera images (prepare.images) each attack is "
+                "applied to",
+            )
         return None
     _check_kwargs("mdfr.data.patches", "prepare", p.options, "prepare.options", warnings)
     if p.synthesize is not None:
@@ -486,14 +499,31 @@ def _prepare(
         )
     if "data.dataset" in base:
         raise ConfigError("base.data.dataset", "is set by the prepare section; remove one of them")
-    scheme = p.codec.split(":", 1)[0]
-    known = codec_names()
-    if scheme not in known:
+    _codec_train_defaults(p.codec_train)
+    if ATTACK in grid and p.codec is not None:
         raise ConfigError(
-            "prepare.codec",
-            f"unknown codec {p.codec!r}{did_you_mean(scheme, known)}; known schemes: {', '.join(known)}",
+            "prepare.codec", f"the attack is set per cell by grid.{ATTACK}; remove one of them"
         )
+    if ATTACK not in grid and p.codec is None:
+        raise ConfigError("prepare.codec", f"required (or a grid.{ATTACK} axis of codec specs)")
+    specs = [("prepare.codec", p.codec)] if p.codec is not None else []
+    specs += [(f"grid.{ATTACK}[{i}]", v) for i, v in enumerate(grid.get(ATTACK, []))]
+    for path, spec in specs:
+        try:
+            check_spec(spec, p.codec_train)
+        except UsageError as e:
+            raise ConfigError(path, str(e)) from None
     return p
+
+
+def _codec_train_defaults(defaults: dict[str, Any]) -> None:
+    """``prepare.codec_train`` holds settings of ``mdfr codec train`` with usable values."""
+    for key, value in defaults.items():
+        try:
+            train_config("train:", {key: value})
+        except UsageError as e:
+            message = str(e).replace("codec spec 'train:': ", "")
+            raise ConfigError(f"prepare.codec_train.{key}", message) from None
 
 
 def _check_kwargs(

@@ -3,22 +3,27 @@
 Both are cached by content hash, so a rerun (or another sweep on the same storage) does not
 repeat them:
 
-- **prepare** runs in the driver process (``mdfr.data.patches.prepare`` reuses a folder that
-  already holds a dataset with the same hash). It is I/O-bound and writes to a path every node
-  must see anyway.
+- **prepare** (:mod:`mdfr.sweep.attacks`): codecs a ``train:`` spec names are trained first,
+  then one dataset per attack is prepared in the driver process (``mdfr.data.patches.prepare``
+  reuses a folder that already holds a dataset with the same hash). It is I/O-bound and
+  writes to a path every node must see anyway.
 - **pretraining** of the CMI network runs once per distinct pretraining config — (backbone,
-  seed, dataset content hash, data/optim/train settings and the sweep's ``pretrain:``
-  overrides) — as Ray tasks with the sweep's per-trial resources, in parallel, so on a
-  cluster they land on GPU nodes. Results live under ``<storage>/cache/pretrain/<key>/``; a
-  ``result.json`` there marks a finished stage, published whole after training in a folder
-  private to the sweep (:mod:`mdfr.sweep.cache`), so concurrent sweeps never share one in
-  progress. Every finetune/mdfr cell needing that network
+  seed, the content hash of the dataset's *original* patches, data/optim/train settings and
+  the sweep's ``pretrain:`` overrides) — as Ray tasks with the sweep's per-trial resources, in
+  parallel, so on a cluster they land on GPU nodes. The network sees original patches only, so
+  the codec is not part of the key: a sweep over several attacks of the same images (a
+  ``grid.attack`` axis) pretrains once, and so does a later sweep with another attack.
+  Results live under ``<storage>/cache/pretrain/<key>/``; a ``result.json`` there marks a
+  finished stage, published whole after training in a folder private to the sweep
+  (:mod:`mdfr.sweep.cache`), so concurrent sweeps never share one in progress. Every
+  finetune/mdfr cell needing that network
   gets its ``cmi.pt`` as ``model.cmi_checkpoint``. Each stage also gets one MLflow child run
   (``mdfr.kind=pretrain``) under the sweep, reused when the stage was cached.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Callable
 from pathlib import Path
@@ -28,19 +33,16 @@ import ray
 
 from mdfr.config import from_dict, unflatten
 from mdfr.data.manifest import require_splits
-from mdfr.data.patches import prepare
-from mdfr.data.synthetic import synthesize
 from mdfr.errors import MdfrError, UsageError
 from mdfr.names import Kind, Tag
 from mdfr.results import TrialResult
 from mdfr.sweep import cache
+from mdfr.sweep.attacks import prepare_attacks
 from mdfr.sweep.plan import Cell, SweepPlan, pretrain_base
 from mdfr.sweep.results import log_trial_model, model_tags
-from mdfr.sweep.schema import PrepareSpec
 from mdfr.sweep.state import (
     SweepState,
     TrackingContext,
-    abs_path,
     read_json,
 )
 from mdfr.tracking import Store
@@ -57,21 +59,24 @@ def run_stages(state: SweepState, train_fn: TrainFn, log: Callable[[str], None])
     needs one, the ``cmi.pt`` of its pretraining stage.
     """
     plan = state.plan
-    dataset = str(prepare_dataset(plan.prepare, Path(state.root), log)) if plan.prepare else None
-    cells = [_absolute(c, state, dataset) for c in plan.cells]
-    check_datasets({c.config["data.dataset"] for c in cells})
-    info = dataset_info(cells[0].config["data.dataset"])
-    state = state.replace(dataset_hash=info["hash"], codec=info["codec"])
+    made = prepare_attacks(plan, Path(state.root), Path(state.storage), log, state.parent_run_id)
+    cells = [_absolute(c, state, made.get(plan.attack_of(c))) for c in plan.cells]
+    paths = list(dict.fromkeys(c.config["data.dataset"] for c in cells))
+    check_datasets(set(paths))
+    attack_at = {str(path): attack for attack, path in made.items()}
+    datasets = {p: dataset_info(p, attack_at.get(p, "")) for p in paths}
+    first = datasets[paths[0]]
+    state = state.replace(dataset_hash=first["hash"], codec=first["codec"], datasets=datasets)
     if plan.pretrain is not None:
         cells = _with_pretrained(cells, state, train_fn, log)
     return state.replace(plan=plan.with_cells(cells), phase="tune")
 
 
-def _absolute(cell: Cell, state: SweepState, dataset: str | None) -> Cell:
+def _absolute(cell: Cell, state: SweepState, dataset: Path | None) -> Cell:
     ckpt = cell.config["model.cmi_checkpoint"]
     return cell.with_config(
         **{
-            "data.dataset": dataset or str(state.path(cell.config["data.dataset"])),
+            "data.dataset": str(dataset or state.path(cell.config["data.dataset"])),
             "model.cmi_checkpoint": str(state.path(ckpt)) if ckpt else "",
         }
     )
@@ -98,44 +103,57 @@ def _with_pretrained(
     for cell in cells:
         if needs_pretraining(cell.config):
             flat = pretrain_config(plan, cell.config, plan.resources.cpu)
-            key = pretrain_key(flat, dataset_info(flat["data.dataset"])["hash"])
-            jobs[key] = flat
+            info = state.datasets.get(flat["data.dataset"]) or dataset_info(flat["data.dataset"])
+            key = pretrain_key(flat, info["originals"])
+            # Cells of several attacks share the key: the first one's dataset is read (its
+            # original patches are the same in all of them).
+            jobs.setdefault(key, flat)
             needs[cell.index] = key
-    cache = Path(state.storage) / "cache" / "pretrain"
-    paths = pretrain_all(jobs, cache, plan, train_fn, state.tracking, log)
+    entries = Path(state.storage) / "cache" / "pretrain"
+    paths = pretrain_all(jobs, entries, plan, train_fn, _contexts(jobs, state), log)
     return [
         c.with_config(**{"model.cmi_checkpoint": paths[needs[c.index]]}) if c.index in needs else c
         for c in cells
     ]
 
 
+def _contexts(jobs: dict[str, dict[str, Any]], state: SweepState) -> dict[str, TrackingContext]:
+    """Each stage's runs are tagged with the dataset it read, not the sweep's first one."""
+    out = {}
+    for key, flat in jobs.items():
+        tags = state.dataset_tags(flat["data.dataset"])
+        out[key] = dataclasses.replace(
+            state.tracking, dataset_hash=tags["dataset_hash"], codec=tags["codec"]
+        )
+    return out
+
+
 # --------------------------------------------------------------------------- dataset
 
 
-def prepare_dataset(spec: PrepareSpec, root: Path, log: Callable[[str], None] = print) -> Path:
-    """Prepare (or reuse) the sweep's dataset; relative paths are taken from ``root``."""
-    if spec.synthesize is not None:
-        synthesize(abs_path(spec.images, root), log=log, **spec.synthesize)
-    return prepare(
-        images=abs_path(spec.images, root),
-        codec=spec.codec,
-        out=abs_path(spec.out, root),
-        log=log,
-        **spec.options,
-    )
+def dataset_info(path: str | Path, attack: str = "") -> dict[str, Any]:
+    """What a prepared dataset's manifest says about it (``unknown`` when not readable).
 
-
-def dataset_info(path: str | Path) -> dict[str, str]:
-    """Content hash and codec of a prepared dataset (``unknown`` when not readable)."""
+    Keys: ``hash`` (content hash), ``originals`` (hash of its original patches only; the
+    content hash for datasets prepared before it was recorded), ``codec`` (the spec it was
+    prepared with), ``attack`` (as the sweep names it: ``attack`` or the codec), ``bpp`` and
+    ``psnr`` (means over its images, from the real bitstreams; None when unknown).
+    """
     doc = read_json(Path(path) / "manifest.json")
     if doc is None:
-        return {"hash": "unknown", "codec": "unknown"}
+        return {"hash": "unknown", "originals": "unknown", "codec": "unknown", "attack": attack}
     codec = doc.get("identity", {}).get("codec", {}).get("spec") or doc.get("codec") or "unknown"
     if isinstance(codec, dict):
         codec = codec.get("spec", "unknown")
+    digest = str(doc.get("dataset_hash") or doc.get("hash") or "unknown")
+    stats = doc.get("stats") or {}
     return {
-        "hash": str(doc.get("dataset_hash") or doc.get("hash") or "unknown"),
+        "hash": digest,
+        "originals": str(doc.get("originals_hash") or digest),
         "codec": str(codec),
+        "attack": attack or str(codec),
+        "bpp": (stats.get("bpp") or {}).get("mean"),
+        "psnr": (stats.get("psnr") or {}).get("mean"),
     }
 
 
@@ -151,10 +169,11 @@ def pretrain_config(plan: SweepPlan, cell_flat: dict[str, Any], threads: int) ->
     return flat
 
 
-def pretrain_key(flat: dict[str, Any], dataset_hash: str) -> str:
-    """Content key of a pretraining stage: its config with the dataset named by content."""
+def pretrain_key(flat: dict[str, Any], originals_hash: str) -> str:
+    """Content key of a pretraining stage: its config, with the dataset named by the content
+    of its original patches (the only ones it trains on), so the attack is not part of it."""
     cfg = from_dict(unflatten(flat))
-    blob = f"{cfg.hash(exclude=('output_dir', 'data.dataset'))}/{dataset_hash}"
+    blob = f"{cfg.hash(exclude=('output_dir', 'data.dataset'))}/originals/{originals_hash}"
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -219,10 +238,12 @@ def pretrain_all(
     cache: Path,
     plan: SweepPlan,
     train_fn: TrainFn,
-    tracking: TrackingContext,
+    tracking: dict[str, TrackingContext],
     log: Callable[[str], None] = print,
 ) -> dict[str, str]:
     """Run the missing pretraining stages as parallel Ray tasks; key -> ``cmi.pt`` path.
+
+    ``tracking`` holds each stage's tracking context (by key).
 
     Cached stages are not rerun; they still get a (cached-tagged) child run in this sweep so
     the parent run lists every network its trials started from.
@@ -237,11 +258,11 @@ def pretrain_all(
         done = read_json(out / RESULT_FILE)
         if done is not None:
             paths[key] = done["cmi_checkpoint"]
-            _record_cached(Store(tracking.uri), key, flat, done, tracking)
+            _record_cached(Store(tracking[key].uri), key, flat, done, tracking[key])
             log(f"pretraining {flat['model.backbone']} seed {flat['seed']}: cached ({out})")
             continue
         log(f"pretraining {flat['model.backbone']} seed {flat['seed']} -> {out}")
-        pending[key] = remote.remote(flat, str(out), train_fn, tracking)
+        pending[key] = remote.remote(flat, str(out), train_fn, tracking[key])
     for key, ref in pending.items():
         try:
             paths[key] = ray.get(ref)["cmi_checkpoint"]

@@ -21,11 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from mdfr.errors import UsageError
-from mdfr.names import trial_tags
+from mdfr.names import ATTACK_BPP, ATTACK_PSNR, trial_tags
 from mdfr.sweep.plan import SweepPlan
 from mdfr.sweep.schema import DEFAULT_STORAGE, check_storage
 
 STATE_FILE = "mdfr_sweep.json"
+# trial_tags keyword -> key of a SweepState.datasets entry.
+DATASET_TAGS = {"dataset_hash": "hash", "codec": "codec", "attack": "attack"}
 # A trial's final result in <sweep>/trials/<trial key>/: written once it has finished.
 TRIAL_RESULT_FILE = "mdfr_result.json"
 # The Optuna studies of a sweep (one per grid cell), in its folder.
@@ -54,19 +56,15 @@ class TrackingContext:
 
     def tags(self, cfg: Any, **extra: Any) -> dict[str, str]:
         """:func:`mdfr.names.trial_tags` of ``cfg`` in this sweep, with its provenance and
-        source tags (its file and user, wherever the run is made)."""
-        return {
-            **trial_tags(
-                cfg,
-                sweep=self.sweep,
-                git_commit=self.git_commit,
-                dataset_hash=self.dataset_hash,
-                codec=self.codec,
-                **extra,
-            ),
-            **self.provenance,
-            **self.source,
+        source tags (its file and user, wherever the run is made); ``extra`` wins: a run on
+        one of several datasets names its own."""
+        known = {
+            "sweep": self.sweep,
+            "git_commit": self.git_commit,
+            "dataset_hash": self.dataset_hash,
+            "codec": self.codec,
         }
+        return {**trial_tags(cfg, **{**known, **extra}), **self.provenance, **self.source}
 
 
 @dataclass(frozen=True)
@@ -84,7 +82,9 @@ class SweepState:
         git_commit: the commit the sweep was submitted from.
         fault: test-only fault injection (``MDFR_TEST_FAULT``, see mdfr.sweep.trainable).
         experiment_id, parent_run_id: the sweep's MLflow experiment and parent run.
-        dataset_hash, codec: the prepared dataset's content hash and codec (set by the stages).
+        dataset_hash, codec: the (first) dataset's content hash and codec (set by the stages).
+        datasets: every dataset the trials read, by absolute path: what the stages found in
+            its manifest (see :meth:`dataset_tags`) — one per attack with a grid.attack axis.
         source: MLflow's standard source tags (sweep file, user) for every run.
     """
 
@@ -102,6 +102,18 @@ class SweepState:
     codec: str = "unknown"
     provenance: dict[str, str] = field(default_factory=dict)
     source: dict[str, str] = field(default_factory=dict)
+    datasets: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def dataset_tags(self, path: str) -> dict[str, str]:
+        """Tag values (``dataset_hash``, ``codec``, ``attack``) of the runs on dataset ``path``."""
+        info = self.datasets.get(path) or {}
+        return {k: str(info[src]) for k, src in DATASET_TAGS.items() if info.get(src)}
+
+    def attack_metrics(self, path: str) -> dict[str, float]:
+        """The measured rate and distortion of dataset ``path``'s attack, as metrics."""
+        info = self.datasets.get(path) or {}
+        pairs = ((ATTACK_BPP, "bpp"), (ATTACK_PSNR, "psnr"))
+        return {name: float(info[src]) for name, src in pairs if info.get(src) is not None}
 
     @property
     def state_file(self) -> Path:

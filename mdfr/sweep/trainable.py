@@ -132,7 +132,10 @@ def run_trial(config: dict[str, Any], train_fn: TrainFn) -> None:
         out = Path(state.exp_dir) / "trials" / key
         out.mkdir(parents=True, exist_ok=True)
         cfg = _trial_config(state, cell, config, out)
-        tags = state.tracking.tags(cfg, cell=cell.key, sample=sample, output_dir=str(out))
+        dataset = str(cfg.data.dataset)
+        tags = state.tracking.tags(
+            cfg, cell=cell.key, sample=sample, output_dir=str(out), **state.dataset_tags(dataset)
+        )
         done = read_json(out / TRIAL_RESULT_FILE)
     if done is not None:
         # Finished in an earlier incarnation of this slot (before a driver crash): replay. Its
@@ -158,6 +161,8 @@ def run_trial(config: dict[str, Any], train_fn: TrainFn) -> None:
     with BackgroundRun(open_run) as run, contextlib.ExitStack() as stack:
         with probe.span("trial.attempt"):
             resume_dir = _start_attempt(out, run, tags, stack)
+        if attack := state.attack_metrics(dataset):
+            run.log_metrics(attack, step=0)  # what the attack cost, beside what it did
         if state.plan.system_metrics:  # MLflow's sampler needs the run now
             stack.enter_context(
                 system_metrics(run.wait_open(), resolve_uri(state.tracking_uri), True)
