@@ -25,7 +25,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import pwd
 import re
 import secrets
 import shutil
@@ -46,6 +45,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from mdfr.bench.servers import Postgres, start_postgres
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"
@@ -369,86 +370,11 @@ def test_mlflow_server_script_refuses_to_start_without_its_settings() -> None:
 # =========================================================================== the live stack
 
 
-@dataclass
-class Postgres:
-    """A throw-away PostgreSQL cluster on 127.0.0.1 (``pg_ctl``), run as a non-root user."""
-
-    base: Path
-    bindir: Path
-    port: int
-    password: str
-    as_user: list[str]
-
-    @property
-    def uri(self) -> str:
-        # No password in the URI: libpq reads PGPASSWORD, as cluster/mlflow-server.sh advises.
-        return f"postgresql://mdfr@127.0.0.1:{self.port}/mlflow"
-
-    def stop(self) -> None:
-        subprocess.run(
-            [*self.as_user, str(self.bindir / "pg_ctl"), "-D", str(self.base / "data"),
-             "-m", "fast", "-w", "-t", "30", "stop"],
-            capture_output=True, timeout=60, check=False,
-        )  # fmt: skip
-        shutil.rmtree(self.base, ignore_errors=True)
-
-
-def _postgres_bindir() -> Path | None:
-    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: p.parent.name)
-    for d in reversed(candidates):
-        if (d / "initdb").is_file() and (d / "pg_ctl").is_file():
-            return d
-    initdb = shutil.which("initdb")
-    return Path(initdb).resolve().parent if initdb else None
-
-
 def _start_postgres() -> tuple[Postgres | None, str]:
-    """A running PostgreSQL with database ``mlflow``, or None and why not."""
+    """A running PostgreSQL with database ``mlflow`` (the bench's helper), or None and why not."""
     if os.environ.get("MDFR_TEST_MLFLOW_BACKEND") == "sqlite":
         return None, "MDFR_TEST_MLFLOW_BACKEND=sqlite"
-    bindir = _postgres_bindir()
-    if bindir is None:
-        return None, "no PostgreSQL binaries (apt-get install postgresql)"
-    as_user: list[str] = []
-    owner: tuple[int, int] | None = None
-    if os.geteuid() == 0:  # initdb refuses to run as root
-        try:
-            pw = pwd.getpwnam("postgres")
-        except KeyError:
-            return None, "running as root and there is no 'postgres' user to run PostgreSQL as"
-        if not shutil.which("runuser"):
-            return None, "running as root without runuser"
-        as_user, owner = ["runuser", "-u", "postgres", "--"], (pw.pw_uid, pw.pw_gid)
-    base = Path(tempfile.mkdtemp(prefix="mdfrpg"))
-    base.chmod(0o755)
-    pg = Postgres(base, bindir, _free_port(), secrets.token_hex(16), as_user)
-    (base / "data").mkdir()
-    (base / "sock").mkdir()
-    (base / "pwfile").write_text(pg.password)
-    (base / "pg.log").touch()
-    if owner:
-        for p in base.iterdir():
-            os.chown(p, *owner)
-    steps = [
-        [str(bindir / "initdb"), "-D", str(base / "data"), "-U", "mdfr", "-E", "UTF8",
-         "--locale=C", "--auth=scram-sha-256", f"--pwfile={base / 'pwfile'}", "--no-instructions"],
-        [str(bindir / "pg_ctl"), "-D", str(base / "data"), "-l", str(base / "pg.log"), "-w",
-         "-t", "60", "-o",
-         f"-c listen_addresses=127.0.0.1 -p {pg.port} -k {base / 'sock'} -c fsync=off", "start"],
-    ]  # fmt: skip
-    for cmd in steps:
-        r = subprocess.run([*as_user, *cmd], capture_output=True, text=True, timeout=120)
-        if r.returncode != 0:
-            pg.stop()
-            return None, f"{Path(cmd[0]).name} failed: {(r.stderr or r.stdout).strip()[-300:]}"
-    r = subprocess.run(
-        [str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(pg.port), "-U", "mdfr", "mlflow"],
-        env={**os.environ, "PGPASSWORD": pg.password}, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    if r.returncode != 0:
-        pg.stop()
-        return None, f"createdb failed: {r.stderr.strip()[-300:]}"
-    return pg, f"PostgreSQL {bindir.parent.name} from {bindir}"
+    return start_postgres()
 
 
 @dataclass
