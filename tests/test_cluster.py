@@ -28,7 +28,6 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import socket
 import sqlite3
 import subprocess
@@ -46,7 +45,7 @@ from typing import Any
 import pytest
 import yaml
 
-from mdfr.bench.servers import Postgres, start_postgres
+from mdfr.bench.servers import Postgres, kill_group, start_postgres
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"
@@ -78,24 +77,6 @@ def _run(
         raw = e.stdout or ""
         out = (raw.decode(errors="replace") if isinstance(raw, bytes) else raw)[-4000:]
         pytest.fail(f"{' '.join(map(str, cmd))} ran past {timeout}s; output so far:\n{out}")
-
-
-def _kill_group(proc: subprocess.Popen[Any], grace: float = 20) -> None:
-    """SIGTERM a process started with ``start_new_session=True`` and its group; then SIGKILL."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(timeout=10)
 
 
 def _http(
@@ -545,7 +526,7 @@ def stack() -> Iterator[Stack]:
                 ["bash", str(MLFLOW_SH)], env=server_env, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )  # fmt: skip
-        stops.append(lambda: _kill_group(server))
+        stops.append(lambda: kill_group(server))
 
         ray_port, dash_port = _free_port(), _free_port()
         node_env = {
@@ -623,7 +604,7 @@ def _kill_node(proc: subprocess.Popen[Any]) -> None:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             pass
-    _kill_group(proc, grace=5)
+    kill_group(proc, grace=5)
 
 
 def _snapshot_repo(dest: Path) -> Path:
@@ -941,7 +922,7 @@ def test_multi_node_sweep_with_storage_some_node_cannot_see_exits_2(stack: Stack
     try:
         stdout, stderr = driver.communicate(timeout=90)
     except subprocess.TimeoutExpired:
-        _kill_group(driver, grace=5)
+        kill_group(driver, grace=5)
         pytest.fail("the sweep was not refused within 90 s: the multi-node storage rule is missing")
     assert driver.returncode == 2, (
         f"want exit 2 (validation), got {driver.returncode}\n{stdout[-2000:]}\n{stderr[-2000:]}"
