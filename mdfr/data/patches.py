@@ -179,6 +179,23 @@ def prepare(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    manifest = _final_manifest(images, index, manifest, digest, identity, start, tmp)
+    write_manifest(tmp, manifest)
+    _publish(tmp, out, digest, say)
+    say(_done_message(out, digest, manifest))
+    return out
+
+
+def _final_manifest(
+    images: str | Path,
+    index: Any,
+    manifest: dict[str, Any],
+    digest: str,
+    identity: dict[str, Any],
+    start: float,
+    tmp: Path,
+) -> dict[str, Any]:
+    """The built manifest with its header; refuses (and removes ``tmp``) an empty split."""
     empty = [sp for sp in SPLITS if not manifest["splits"][sp]["patches"]]
     if empty:  # every image of a split was skipped as bad
         shutil.rmtree(tmp, ignore_errors=True)
@@ -187,10 +204,9 @@ def prepare(
             f"{len(manifest['skipped'])} bad input(s); fix or add images"
         )
     manifest["inputs"]["root"] = str(index.root)
-    manifest["skipped"] = [{"path": p, "problem": m} for p, m in index.skipped] + manifest[
-        "skipped"
-    ]
-    manifest = {
+    skipped = [{"path": p, "problem": m} for p, m in index.skipped]
+    manifest["skipped"] = skipped + manifest["skipped"]
+    return {
         "format": FORMAT,
         "dataset_hash": digest,
         "originals_hash": originals_hash(identity, manifest["images"]),
@@ -199,10 +215,6 @@ def prepare(
         **manifest,
         "identity": identity,
     }
-    write_manifest(tmp, manifest)
-    _publish(tmp, out, digest, say)
-    say(_done_message(out, digest, manifest))
-    return out
 
 
 def _identity(
