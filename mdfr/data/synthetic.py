@@ -24,6 +24,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -142,20 +143,9 @@ def synthesize(
     say = log or (lambda _msg: None)
 
     meta = out / "cameras.json"
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"{out} is a file, not a folder")
-    if out.exists() and any(out.iterdir()):
-        if meta.is_file() and _read_params(meta) == params:
-            say(f"reused synthetic dataset {out} (same arguments)")
-            return out
-        if not meta.is_file():
-            # Never delete a folder we did not make (it may hold someone's real photos).
-            raise UsageError(f"{out} exists and is not a synthetic dataset; choose another --out")
-        if not force:
-            raise UsageError(
-                f"{out} holds a synthetic dataset made with other arguments; "
-                "choose another --out or pass --force to replace it"
-            )
+    if _reusable(out, params, force):
+        say(f"reused synthetic dataset {out} (same arguments)")
+        return out
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -189,6 +179,26 @@ def synthesize(
             raise
     say(f"wrote {len(jobs)} images of {models} models ({len(devices)} devices) to {out}")
     return out
+
+
+def _reusable(out: Path, params: dict[str, Any], force: bool) -> bool:
+    """True when ``out`` already holds this dataset; raises when it may not be replaced."""
+    meta = out / "cameras.json"
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out} is a file, not a folder")
+    if not out.exists() or not any(out.iterdir()):
+        return False
+    if meta.is_file() and _read_params(meta) == params:
+        return True
+    if not meta.is_file():
+        # Never delete a folder we did not make (it may hold someone's real photos).
+        raise UsageError(f"{out} exists and is not a synthetic dataset; choose another --out")
+    if not force:
+        raise UsageError(
+            f"{out} holds a synthetic dataset made with other arguments; "
+            "choose another --out or pass --force to replace it"
+        )
+    return False
 
 
 MAX_SIZE = 4096
