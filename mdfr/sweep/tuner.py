@@ -16,6 +16,7 @@ from typing import Any
 
 import ray
 from ray import tune
+from ray.tune.logger import JsonLoggerCallback
 
 from mdfr import probe
 from mdfr.names import FINAL_KEY, STATUS, Outcome
@@ -78,6 +79,11 @@ def fit(
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
     # num_to_keep forces extra snapshots; harmless at our sizes, so no warning about it.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Tune's own per-trial loggers run in the driver on every result and repeat what MLflow
+    # records; the TensorBoard one opens a writer and its thread per trial. Only the JSON one
+    # stays (_new_tuner: Tune reads its result.json back when the sweep ends); a user who sets
+    # the variable to 0 gets all three back.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     plan = state.plan
     resources = {"cpu": plan.resources.cpu, "gpu": plan.resources.gpu}
     with probe.span("driver.tuner_build"):
@@ -125,7 +131,10 @@ def _env_default(key: str, value: str) -> Iterator[None]:
 def _new_tuner(state: SweepState, trainable: Any, verbose: int) -> tune.Tuner:
     plan = state.plan
     exp_dir = Path(state.exp_dir)
-    callbacks: list[Any] = [RunCloser(state.tracking_uri, state.experiment_id, state.parent_run_id)]
+    callbacks: list[Any] = [
+        RunCloser(state.tracking_uri, state.experiment_id, state.parent_run_id),
+        JsonLoggerCallback(),
+    ]
     if verbose:
         callbacks.append(ProgressPrinter(plan.metric, plan.num_trials, verbose))
     return tune.Tuner(
