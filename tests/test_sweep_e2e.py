@@ -13,6 +13,7 @@ Two sweeps share one storage folder, so the second also shows the pretraining ca
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -227,6 +228,20 @@ def test_trial_crashing_once_is_retried_from_its_checkpoint(smoke_run):
     assert [s for s, _ in run["histories"]["val/acc"]] == [1, 2]
     others = [r for r in _runs(out) if "-finetune-" not in r["run_name"]]
     assert all(r["tags"]["mdfr.attempts"] == "1" for r in others)
+
+
+def test_tune_gets_only_the_final_checkpoint_and_the_trial_folder_the_latest(smoke_run):
+    # checkpoint.tune_every: 0 (the default): epochs report to Tune without a copy of the
+    # state, so a finished trial's first and only Tune checkpoint is its final one; the trial
+    # folder names its latest state (what every retry resumes from).
+    _, out = smoke_run
+    for t in out.trials:
+        if t.status != "ok":
+            continue
+        assert sorted(p.name for p in Path(t.path).glob("checkpoint_*")) == ["checkpoint_000000"]
+        (folder,) = (out.exp_dir / "trials").glob(f"{t.trial_key}")
+        latest = json.loads((folder / "mdfr_checkpoint.json").read_text())
+        assert latest == {"dir": str(folder / "checkpoint"), "epoch": 2}
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "Ctrl-C"])

@@ -124,6 +124,7 @@ class SweepPlan:
     warnings: tuple[str, ...] = ()
     log_models: str = "best"  # best | all | none (mdfr.sweep.results)
     system_metrics: bool = False  # resolved from the file's auto/true/false
+    tune_checkpoint_every: int = 0  # epochs between copies for Tune; 0: the final one only
 
     @property
     def attacks(self) -> list[str]:

@@ -119,6 +119,11 @@ class FailureSpec:
 class CheckpointSpec:
     num_to_keep: Int = Field(2, ge=1)
     """Checkpoints Tune keeps per trial."""
+    tune_every: Int = Field(0, ge=0)
+    """Also hand Tune a copy of the trial's checkpoint every this many epochs (0: only with the
+    final result). The trial's own folder holds its latest state after every epoch whatever
+    this says, and a retry resumes from there; Tune's copies cost a copy and an experiment
+    snapshot each (mdfr bench sweep)."""
 
 
 @dataclass(frozen=True, config=CONFIG)

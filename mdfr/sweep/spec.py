@@ -190,6 +190,7 @@ def build_plan(raw: dict[str, Any], source: str = "") -> SweepPlan:
         max_concurrent=f.max_concurrent,
         max_failures=(f.failure or FailureSpec()).max_failures,
         num_to_keep=(f.checkpoint or CheckpointSpec()).num_to_keep,
+        tune_checkpoint_every=(f.checkpoint or CheckpointSpec()).tune_every,
         storage=check_storage(f.storage),
         tracking_uri=f.tracking_uri,
         prepare=prepare,

@@ -6,10 +6,16 @@ plan, tracking ids) from the absolute path in its config and builds everything i
 Idempotence (one trial = one run of work, one MLflow child run):
 - the output folder is ``<experiment dir>/trials/<trial key>``, the same for every attempt;
 - the MLflow child run is found again by its ``mdfr.trial_key`` tag;
-- a retry resumes from ``tune.get_checkpoint()``; a trial Tune re-created after a driver crash
-  (handed out after the last experiment snapshot) resumes from the state the engine left in the
-  output folder, and one that had already finished replays its saved result
-  (``mdfr_result.json``) without training again.
+- the output folder is the checkpoint of record: after every reported epoch it names the state
+  the engine just wrote (``mdfr_checkpoint.json``), and every attempt (Tune's retry, or a trial
+  Tune re-created after a driver crash) resumes from there; one that had already finished
+  replays its saved result (``mdfr_result.json``) without training again.
+
+Tune gets a copy of the checkpoint with the trial's final result only, or also every
+``checkpoint.tune_every`` epochs. Every copy Tune takes costs the trial a copy of the state
+and the driver an experiment snapshot when ``num_to_keep`` is reached; on the shared storage
+a sweep needs anyway, the output folder already holds the same state. Handing Tune one per
+epoch made the reports mdfr's largest in-trial cost over bare Tune (``mdfr bench sweep``).
 
 Test-only fault injection: ``MDFR_TEST_FAULT=<trial key glob>@<epoch>`` in the *driver's*
 environment (recorded in the sweep state, so workers need not inherit it) makes matching
@@ -43,6 +49,7 @@ from mdfr.tracking import Store, resolve_uri
 from mdfr.tracking.system import system_metrics
 
 ATTEMPTS_FILE = "mdfr_attempts"
+RESUME_FILE = "mdfr_checkpoint.json"  # {"dir": the latest state's folder, "epoch": its epoch}
 TrainFn = Callable[..., TrialResult | dict[str, Any]]
 
 
@@ -80,20 +87,35 @@ class _Reporter:
     and its test evaluation.
     """
 
-    def __init__(self, epochs: int, key: str, out: Path, fault: str):
+    def __init__(
+        self,
+        epochs: int,
+        key: str,
+        out: Path,
+        fault: str,
+        tune_every: int = 0,
+        send: Callable[..., None] = tune.report,
+    ):
         self.epochs = epochs
         self.key = key
         self.out = out
         self.fault = fault
+        self.tune_every = tune_every
+        self.send = send
         self.held: tuple[dict[str, Any], str | None] | None = None
 
     def __call__(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
         epoch = metrics.get(EPOCH)
+        if checkpoint_dir:
+            atomic_write_json(self.out / RESUME_FILE, {"dir": checkpoint_dir, "epoch": epoch})
         if epoch == self.epochs and metrics.get(STATUS) != Outcome.DIVERGED:
             self.held = (dict(metrics), checkpoint_dir)
             return
+        copy = self.tune_every > 0 and isinstance(epoch, int) and epoch % self.tune_every == 0
         with probe.span("trial.report"):
-            tune.report(_scalars(metrics), checkpoint=_checkpoint(checkpoint_dir, epoch))
+            self.send(
+                _scalars(metrics), checkpoint=_checkpoint(checkpoint_dir, epoch) if copy else None
+            )
         self._maybe_fail(epoch)
 
     def final(self, result: TrialResult) -> tuple[dict[str, Any], Any]:
@@ -147,20 +169,24 @@ def run_trial(config: dict[str, Any], train_fn: TrainFn) -> None:
         tune.report(done)
         return
 
+    # Counted before the run is opened: on the first attempt no run can exist yet (the attempt
+    # file is written before anything creates one), so the run is created without a search.
+    attempt = _count_attempt(out)
+
     def open_run() -> tuple[Store, str]:
         store = Store(state.tracking_uri)
         run_id, _ = store.child_run(
-            state.experiment_id, state.parent_run_id, key, tags, reopen=True
+            state.experiment_id, state.parent_run_id, key, tags, reopen=True, new=attempt == 1
         )
         return store, run_id
 
-    reporter = _Reporter(cfg.train.epochs, key, out, state.fault)
+    reporter = _Reporter(cfg.train.epochs, key, out, state.fault, state.plan.tune_checkpoint_every)
     # The run is opened and written in the background (mdfr.sweep.trial_run); on an exception
     # it stays RUNNING: Tune retries, or the driver's RunCloser records the final outcome
     # (failed, or pruned when ASHA stopped the trial).
     with BackgroundRun(open_run) as run, contextlib.ExitStack() as stack:
         with probe.span("trial.attempt"):
-            resume_dir = _start_attempt(out, run, tags, stack)
+            resume_dir = _start_attempt(out, attempt, run, tags, stack)
         if attack := state.attack_metrics(dataset):
             run.log_metrics(attack, step=0)  # what the attack cost, beside what it did
         if state.plan.system_metrics:  # MLflow's sampler needs the run now
@@ -207,10 +233,14 @@ def _trial_config(state: SweepState, cell: Cell, config: dict[str, Any], out: Pa
 
 
 def _start_attempt(
-    out: Path, tracker: BackgroundRun, tags: dict[str, str], stack: contextlib.ExitStack
+    out: Path,
+    attempt: int,
+    tracker: BackgroundRun,
+    tags: dict[str, str],
+    stack: contextlib.ExitStack,
 ) -> str | None:
-    """Count the attempt, find where it resumes, and tag the run with both."""
-    extra = {Tag.ATTEMPTS: str(_count_attempt(out)), Tag.STATUS: Outcome.RUNNING, **tags}
+    """Find where this attempt resumes, and tag the run with it and the attempt's number."""
+    extra = {Tag.ATTEMPTS: str(attempt), Tag.STATUS: Outcome.RUNNING, **tags}
     resume_dir, resumed_epoch = _resume_point(out, stack)
     if resume_dir:
         extra[Tag.RESUMED_FROM_EPOCH] = str(resumed_epoch)
@@ -219,17 +249,26 @@ def _start_attempt(
 
 
 def _count_attempt(out: Path) -> int:
+    """This attempt's number (1 for the first). A count file that exists but cannot be read
+    (a crash while writing it) means an earlier attempt: never 1, which skips the run search."""
     path = out / ATTEMPTS_FILE
     try:
         n = int(path.read_text()) + 1
-    except (OSError, ValueError):
+    except FileNotFoundError:
         n = 1
+    except (OSError, ValueError):
+        n = 2
     path.write_text(str(n))
     return n
 
 
 def _resume_point(out: Path, stack: contextlib.ExitStack) -> tuple[str | None, Any]:
-    """Where this attempt resumes: Tune's latest checkpoint, else the engine's own state."""
+    """Where this attempt resumes: the latest state the trial reported (never older than
+    Tune's copy, which is taken from it), else Tune's checkpoint, else an engine state left
+    by an attempt that reported nothing (killed between saving and reporting)."""
+    latest = read_json(out / RESUME_FILE)
+    if latest is not None and Path(str(latest.get("dir"))).is_dir():
+        return str(latest["dir"]), latest.get("epoch")
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
         # On local/shared storage as_directory() is the persisted folder itself (no copy).

@@ -257,14 +257,17 @@ class Store:
         tags: dict[str, str],
         name: str,
         reopen: bool = True,
+        new: bool = False,
     ) -> tuple[str, bool]:
         """Find the run with ``key_tags`` or create it with ``key_tags | tags``.
 
         Returns:
             (run id, whether it was created now). With ``reopen`` a run found again is set
-            back to RUNNING.
+            back to RUNNING. With ``new`` (the caller knows no earlier attempt got this far)
+            the run is created without looking for it first: the search is the costliest
+            request a trial makes of a tracking server (``mdfr bench scale``).
         """
-        run = self.find_run(experiment_id, key_tags)
+        run = None if new else self.find_run(experiment_id, key_tags)
         if run is not None:
             if reopen and run.info.status != "RUNNING":
                 _retry(self.client.update_run, run.info.run_id, status="RUNNING")
@@ -299,11 +302,13 @@ class Store:
         tags: dict[str, str] | None = None,
         kind: str = Kind.TRIAL,
         reopen: bool = False,
+        new: bool = False,
     ) -> tuple[str, bool]:
         """The one child run of ``trial_key`` under ``parent_run_id``; created on first call.
 
         Only one attempt of a trial runs at a time (Tune retries after a failure, resume after
-        the driver is gone), so find-then-create cannot race with itself.
+        the driver is gone), so find-then-create cannot race with itself. ``new``: the
+        trial's first attempt, which creates the run without searching (see ``ensure_run``).
 
         Returns:
             (run id, whether it was created now).
@@ -314,6 +319,7 @@ class Store:
             {Tag.KIND: kind, **(tags or {})},
             name=trial_key,
             reopen=reopen,
+            new=new,
         )
 
     def set_status(self, run_id: str, status: str) -> None:
