@@ -244,6 +244,15 @@ def test_tune_gets_only_the_final_checkpoint_and_the_trial_folder_the_latest(smo
         assert latest == {"dir": str(folder / "checkpoint"), "epoch": 2}
 
 
+def test_tune_keeps_only_its_json_logger_and_only_while_the_sweep_runs(smoke_run):
+    _, out = smoke_run
+    for t in out.trials:
+        names = {p.name for p in Path(t.path).iterdir()}
+        assert "result.json" in names and "progress.csv" not in names, names
+        assert not [n for n in names if n.startswith("events.out.tfevents")], names
+    assert "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS" not in os.environ  # a bare Tuner after is bare
+
+
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "Ctrl-C"])
 def test_killed_driver_then_resume_finishes_every_trial_once(
     smoke_run, ray_address, tiny_dataset, work, sig

@@ -71,19 +71,24 @@ class SweepOutcome:
         return sum(1 for t in self.trials if t.status == Outcome.ERROR)
 
 
-def fit(
-    state: SweepState, train_fn: TrainFn | None, *, restore: bool, retry_errored: bool, verbose: int
-) -> SweepOutcome:
-    """Run (or continue, ``restore``) the sweep's Tune experiment to the end."""
+# Tune settings read from the environment while a sweep runs (a user's own value wins).
+TUNE_ENV = {
     # Snapshot the experiment often: fewer trials to hand out again after a driver crash.
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
+    "TUNE_GLOBAL_CHECKPOINT_S": "5",
     # num_to_keep forces extra snapshots; harmless at our sizes, so no warning about it.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
     # Tune's own per-trial loggers run in the driver on every result and repeat what MLflow
     # records; the TensorBoard one opens a writer and its thread per trial. Only the JSON one
     # stays (_new_tuner: Tune reads its result.json back when the sweep ends); a user who sets
     # the variable to 0 gets all three back.
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+}
+
+
+def fit(
+    state: SweepState, train_fn: TrainFn | None, *, restore: bool, retry_errored: bool, verbose: int
+) -> SweepOutcome:
+    """Run (or continue, ``restore``) the sweep's Tune experiment to the end."""
     plan = state.plan
     resources = {"cpu": plan.resources.cpu, "gpu": plan.resources.gpu}
     with probe.span("driver.tuner_build"):
@@ -96,7 +101,7 @@ def fit(
         else:
             tuner = _new_tuner(state, trainable, verbose)
     probe.mark("driver.fit_start")
-    with _env_default("TUNE_MAX_PENDING_TRIALS_PG", str(max_pending(plan))):
+    with _env_defaults({**TUNE_ENV, "TUNE_MAX_PENDING_TRIALS_PG": str(max_pending(plan))}):
         results = tuner.fit()
     return summarise(state, results)
 
@@ -116,16 +121,16 @@ def max_pending(plan: SweepPlan) -> int:
 
 
 @contextlib.contextmanager
-def _env_default(key: str, value: str) -> Iterator[None]:
-    """``key=value`` in the environment while the block runs, unless the user set ``key``."""
-    if key in os.environ:
-        yield
-        return
-    os.environ[key] = value
+def _env_defaults(values: dict[str, str]) -> Iterator[None]:
+    """``values`` in the environment while the block runs, except keys the user set. Only
+    while it runs: a bare Tuner run later in the same process (mdfr bench sweep) is bare."""
+    added = {k: v for k, v in values.items() if k not in os.environ}
+    os.environ.update(added)
     try:
         yield
     finally:
-        os.environ.pop(key, None)
+        for key in added:
+            os.environ.pop(key, None)
 
 
 def _new_tuner(state: SweepState, trainable: Any, verbose: int) -> tune.Tuner:
