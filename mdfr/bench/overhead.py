@@ -60,6 +60,24 @@ def slot_stats(
     }
 
 
+def _side(
+    name: str,
+    t_call: float,
+    t_done: float,
+    timings: list[dict[str, Any]],
+    concurrency: int,
+    trial_s: float,
+    driver_cpu: float,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """One side's figures (mdfr's or bare Tune's), logged in one line."""
+    stats = slot_stats(t_call, timings, concurrency, trial_s)
+    stats["after_last_trial_s"] = round(t_done - max(t["end"] for t in timings), 3)
+    stats["driver_cpu_s"] = round(driver_cpu, 3)
+    log(f"sweep: {name}: wall {stats['wall_s']:.1f} s, overhead {stats['overhead_pct']:.1f}%")
+    return stats
+
+
 def _process_to_first_trial(timings: list[dict[str, Any]]) -> float | None:
     """From a trial process's start to its first trial's start: Ray worker start, imports."""
     first: dict[Any, tuple[float, float]] = {}
@@ -109,10 +127,7 @@ def measure_overhead(
     timings = read_timings(outcome.exp_dir)
     if len(timings) != trials:
         raise MdfrError(f"sweep bench: {len(timings)} of {trials} trials left their timing file")
-    mdfr = slot_stats(t_call, timings, concurrency, trial_s)
-    mdfr["after_last_trial_s"] = round(t_done - max(t["end"] for t in timings), 3)
-    mdfr["driver_cpu_s"] = round(cpu_mdfr, 3)
-    log(f"sweep: mdfr: wall {mdfr['wall_s']:.1f} s, overhead {mdfr['overhead_pct']:.1f}%")
+    mdfr = _side("mdfr", t_call, t_done, timings, concurrency, trial_s, cpu_mdfr, log)
 
     cpu0 = driver_cpu_s()
     b_call, b_done, b_timings = run_bare(
@@ -121,10 +136,7 @@ def measure_overhead(
     cpu_bare = driver_cpu_s() - cpu0
     if len(b_timings) != trials:
         raise MdfrError(f"sweep bench: bare Tune: {len(b_timings)} of {trials} trials timed")
-    bare = slot_stats(b_call, b_timings, concurrency, trial_s)
-    bare["after_last_trial_s"] = round(b_done - max(t["end"] for t in b_timings), 3)
-    bare["driver_cpu_s"] = round(cpu_bare, 3)
-    log(f"sweep: bare Tune: wall {bare['wall_s']:.1f} s, overhead {bare['overhead_pct']:.1f}%")
+    bare = _side("bare Tune", b_call, b_done, b_timings, concurrency, trial_s, cpu_bare, log)
 
     trial_probes = _trial_probes(outcome.exp_dir)
     return {

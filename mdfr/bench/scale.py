@@ -42,6 +42,7 @@ import yaml
 from mdfr import probe, tracking
 from mdfr.bench import servers
 from mdfr.bench.machine import envelope, load_average
+from mdfr.environ import scoped_env
 from mdfr.errors import MdfrError, UsageError
 from mdfr.names import EPOCH, TRAIN_LOSS, VAL_ACC, Tag
 
@@ -461,25 +462,11 @@ def _trial_runs(exp_dir: Path, run: _Run) -> int | None:
     except (OSError, ValueError):
         return None
     creds = {k: v for k, v in run.env.items() if k.startswith("MLFLOW_TRACKING_")}
-    with _environ(creds):
+    with scoped_env(creds):
         runs = tracking.fetch_sweep_runs(
             state["plan"]["experiment"], run.uri, parent_run_id=state["parent_run_id"]
         )
     return len(runs)
-
-
-@contextlib.contextmanager
-def _environ(values: dict[str, str]) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _targets(results: dict[str, Any], trials: int, nodes: int, gpus: int) -> dict[str, Any]:

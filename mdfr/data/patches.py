@@ -158,32 +158,44 @@ def prepare(
 
     identity = _identity(opts, codec, index.images, chosen)
     digest = dataset_hash(identity)
-    if not force and is_complete(out, digest):
+    if _reusable(out, digest, force):
         say(f"reused dataset {out} (hash {digest}): same inputs, options and codec")
         return out
-    if out.exists() and (
-        not out.is_dir() or (not (out / MANIFEST).is_file() and any(out.iterdir()))
-    ):
-        # Never replace a folder that is not one of our datasets.
-        raise UsageError(f"{out} exists and is not a prepared dataset; choose another --out")
 
     splits = assign_splits(
         chosen, opts["split_by"], opts["val_frac"], opts["test_frac"], _rng(seed, _SPLIT)
     )
     check_split_sizes(chosen, splits, opts)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        manifest = _build(tmp, index.root, chosen, splits, codec, opts, progress)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    manifest = _build_in(tmp, index.root, chosen, splits, codec, opts, progress)
     manifest = _final_manifest(images, index, manifest, digest, identity, start, tmp)
     write_manifest(tmp, manifest)
     _publish(tmp, out, digest, say)
     say(_done_message(out, digest, manifest))
     return out
+
+
+def _reusable(out: Path, digest: str, force: bool) -> bool:
+    """Whether ``out`` already holds this dataset; refuses a folder that is not a dataset."""
+    if not force and is_complete(out, digest):
+        return True
+    if out.exists() and (
+        not out.is_dir() or (not (out / MANIFEST).is_file() and any(out.iterdir()))
+    ):
+        # Never replace a folder that is not one of our datasets.
+        raise UsageError(f"{out} exists and is not a prepared dataset; choose another --out")
+    return False
+
+
+def _build_in(tmp: Path, *build_args: Any) -> dict[str, Any]:
+    """:func:`_build` into a fresh private folder ``tmp``, removed again if it fails."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        return _build(tmp, *build_args)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _final_manifest(

@@ -7,9 +7,7 @@ and a callback that closes the child runs of trials that were pruned or failed f
 
 from __future__ import annotations
 
-import contextlib
-import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ from ray import tune
 from ray.tune.logger import JsonLoggerCallback
 
 from mdfr import probe
+from mdfr.environ import scoped_env
 from mdfr.names import FINAL_KEY, STATUS, Outcome
 from mdfr.sweep.callbacks import RunCloser
 from mdfr.sweep.plan import SweepPlan
@@ -101,7 +100,9 @@ def fit(
         else:
             tuner = _new_tuner(state, trainable, verbose)
     probe.mark("driver.fit_start")
-    with _env_defaults({**TUNE_ENV, "TUNE_MAX_PENDING_TRIALS_PG": str(max_pending(plan))}):
+    # Only while the Tuner runs: a bare Tuner later in the process (mdfr bench sweep) is bare.
+    pending = {"TUNE_MAX_PENDING_TRIALS_PG": str(max_pending(plan))}
+    with scoped_env({**TUNE_ENV, **pending}, user_wins=True):
         results = tuner.fit()
     return summarise(state, results)
 
@@ -118,19 +119,6 @@ def max_pending(plan: SweepPlan) -> int:
     need = {"CPU": plan.resources.cpu, "GPU": plan.resources.gpu}
     fit = min((int(have.get(k, 0) // v) for k, v in need.items() if v > 0), default=1)
     return max(1, min(plan.num_trials, plan.max_concurrent or fit))
-
-
-@contextlib.contextmanager
-def _env_defaults(values: dict[str, str]) -> Iterator[None]:
-    """``values`` in the environment while the block runs, except keys the user set. Only
-    while it runs: a bare Tuner run later in the same process (mdfr bench sweep) is bare."""
-    added = {k: v for k, v in values.items() if k not in os.environ}
-    os.environ.update(added)
-    try:
-        yield
-    finally:
-        for key in added:
-            os.environ.pop(key, None)
 
 
 def _new_tuner(state: SweepState, trainable: Any, verbose: int) -> tune.Tuner:

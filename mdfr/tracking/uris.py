@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from mdfr.environ import scoped_env
 from mdfr.errors import ConfigError, MdfrError
 
 
@@ -223,20 +224,14 @@ def _one_quick_request(timeout: float) -> Iterator[None]:
     MLflow reads both variables on every request; they are put back afterwards so the
     sweep's own calls keep MLflow's retries (a busy server is not a dead one).
     """
-    saved = {k: os.environ.get(k) for k in _QUICK_ENV}
-    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
-    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(max(1, math.ceil(timeout)))
-    try:
+    quick = {
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": str(max(1, math.ceil(timeout))),
+    }
+    with scoped_env(quick):
         yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
-_QUICK_ENV = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")
 _CREDENTIALS = "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
 
 
