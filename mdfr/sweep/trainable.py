@@ -5,11 +5,12 @@ plan, tracking ids) from the absolute path in its config and builds everything i
 
 Idempotence (one trial = one run of work, one MLflow child run):
 - the output folder is ``<experiment dir>/trials/<trial key>``, the same for every attempt;
-- the MLflow child run is found again by its ``mdfr.trial_key`` tag;
-- the output folder is the checkpoint of record: after every reported epoch it names the state
-  the engine just wrote (``mdfr_checkpoint.json``), and every attempt (Tune's retry, or a trial
-  Tune re-created after a driver crash) resumes from there; one that had already finished
-  replays its saved result (``mdfr_result.json``) without training again.
+- the MLflow child run is created by the first attempt and found again by its
+  ``mdfr.trial_key`` tag by later ones (``mdfr_attempts`` counts them);
+- the output folder is also the checkpoint of record: after every reported epoch it names the
+  state the engine just wrote (``mdfr_checkpoint.json``), and every attempt (Tune's retry, or
+  a trial Tune re-created after a driver crash) resumes from there; one that had already
+  finished replays its saved result (``mdfr_result.json``) without training again.
 
 Tune gets a copy of the checkpoint with the trial's final result only, or also every
 ``checkpoint.tune_every`` epochs. Every copy Tune takes costs the trial a copy of the state
