@@ -151,7 +151,7 @@ def load(experiment: str, tracking_uri: str, sweep: str | None = None) -> SweepR
         chosen.sort(key=lambda r: r.get("start_time") or 0, reverse=True)
         parent = chosen[0]
         pid = parent["run_id"]
-        trials = tracking.fetch_sweep_runs(experiment, uri, parent_run_id=pid)
+        trials = _by_name(tracking.fetch_sweep_runs(experiment, uri, parent_run_id=pid))
         pretrains = tracking.fetch_sweep_runs(
             experiment, uri, parent_run_id=pid, kind=Kind.PRETRAIN
         )
@@ -164,4 +164,10 @@ def load(experiment: str, tracking_uri: str, sweep: str | None = None) -> SweepR
     ]
     if not trials:
         raise UsageError(f"experiment {experiment!r} holds no trial runs to report on")
-    return SweepRuns(experiment, uri, None, trials)
+    return SweepRuns(experiment, uri, None, _by_name(trials))
+
+
+def _by_name(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Runs in name order (a trial's key), not MLflow's start-time order: the same sweep
+    gives the same report whichever of two concurrent trials started first."""
+    return sorted(runs, key=lambda r: str(r.get("run_name") or ""))
